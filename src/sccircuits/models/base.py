@@ -1,0 +1,122 @@
+"""The model adapter interface: everything the pipeline asks of a single-cell model.
+
+Geneformer and scGPT are two implementations (``geneformer.py``, ``scgpt.py``). Layer numbers
+are 0-based transformer blocks: "layer l" is the *output* of block l (Hugging Face's
+``hidden_states[l + 1]``). Gene positions are the positions holding a gene token (not
+``<cls>``, ``<eos>`` or padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TokenizedCells:
+    """Tokenized cells, one variable-length sequence per kept cell (special tokens included)."""
+
+    input_ids: list[np.ndarray]
+    """Token ids per cell (int64), e.g. ``<cls> g1 g2 ... <eos>`` for Geneformer V2."""
+    values: list[np.ndarray] | None
+    """Per-token input values (float32) for value-aware models (scGPT); None for Geneformer."""
+    gene_mask: list[np.ndarray]
+    """Per-cell bool array, True at gene positions."""
+    cell_index: np.ndarray
+    """Row of each kept cell in the input AnnData (int64)."""
+    n_skipped: int = 0
+    """Cells dropped because no gene mapped to the vocabulary."""
+    info: dict = field(default_factory=dict)
+    """Tokenizer statistics (genes mapped / unmapped, mode, ...)."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch ready for the model (all tensors on one device)."""
+
+    input_ids: torch.Tensor  # (B, L) int64, padded with the model's pad id
+    attention_mask: torch.Tensor  # (B, L) bool, True at real tokens
+    gene_mask: torch.Tensor  # (B, L) bool, True at gene positions
+    cell_index: torch.Tensor  # (B,) int64, rows in the input AnnData
+    values: torch.Tensor | None = None  # (B, L) float32 input values (scGPT) or None
+
+    def to(self, device: torch.device | str) -> "TokenBatch":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TokenBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.gene_mask),
+                          mv(self.cell_index), mv(self.values))
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def collate(cells: TokenizedCells, idx: Sequence[int], pad_id: int, pad_value: float = 0.0) -> TokenBatch:
+    """Pad the cells ``idx`` of ``cells`` to one batch (right padding)."""
+    L = max(len(cells.input_ids[i]) for i in idx)
+    B = len(idx)
+    ids = np.full((B, L), pad_id, dtype=np.int64)
+    att = np.zeros((B, L), dtype=bool)
+    gm = np.zeros((B, L), dtype=bool)
+    vals = None if cells.values is None else np.full((B, L), pad_value, dtype=np.float32)
+    for r, i in enumerate(idx):
+        n = len(cells.input_ids[i])
+        ids[r, :n] = cells.input_ids[i]
+        att[r, :n] = True
+        gm[r, :n] = cells.gene_mask[i]
+        if vals is not None:
+            vals[r, :n] = cells.values[i]
+    return TokenBatch(torch.from_numpy(ids), torch.from_numpy(att), torch.from_numpy(gm),
+                      torch.from_numpy(np.asarray(cells.cell_index)[list(idx)].astype(np.int64)),
+                      None if vals is None else torch.from_numpy(vals))
+
+
+def length_batches(cells: TokenizedCells, batch_size: int, bucket: bool = True) -> Iterator[list[int]]:
+    """Indices of cells in batches; with ``bucket`` cells of similar length go together
+    (sorted by length, order within the output is deterministic)."""
+    order = np.argsort(-cells.lengths(), kind="stable") if bucket else np.arange(len(cells))
+    for s in range(0, len(order), batch_size):
+        yield [int(i) for i in order[s:s + batch_size]]
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """What the pipeline needs from a model. Implementations: GeneformerAdapter, ScGPTAdapter."""
+
+    kind: str  # "geneformer" or "scgpt"
+    n_layers: int
+    d_model: int
+    pad_id: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def tokenize(self, adata, mode: str = "official", **options) -> TokenizedCells:
+        """Cells -> token sequences. ``mode`` is "official" or "reference" (compat)."""
+
+    def batch(self, cells: TokenizedCells, idx: Sequence[int]) -> TokenBatch:
+        """Padded batch of the cells ``idx`` on the adapter's device."""
+
+    def hidden_states(self, batch: TokenBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Clean forward pass: {layer: (B, L, d) output of that layer} for the given layers."""
+
+    def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch,
+                 until: int | None = None, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Continue the forward pass from ``hidden`` (the output of ``layer``) through the
+        blocks ``layer+1 .. until`` (default: the last); returns {l: (B, L, d)} for ``layers``
+        (default: every layer computed). Blocks <= ``layer`` are never run."""
+
+    def token_symbols(self) -> dict[int, str]:
+        """Token id -> gene symbol (falls back to the gene id when no symbol is known)."""
+
+    def token_gene_ids(self) -> dict[int, str]:
+        """Token id -> the gene identifier of the vocabulary (Ensembl id or symbol)."""
+
+    def describe(self) -> dict:
+        """Facts for ``inspect-model``: kind, layers, d_model, heads, vocab size, specials, files."""
