@@ -38,3 +38,55 @@ def make_synthetic_adata(n_cells: int = 24, n_genes: int = 60, seed: int = 0, n_
                        index=[f"cell{i}" for i in range(n_cells)])
     var = pd.DataFrame({"gene_symbols": gene_symbols(n_genes)}, index=gene_ids(n_genes))
     return ad.AnnData(X=counts, obs=obs, var=var)
+
+
+def make_tiny_scgpt(path, n_genes: int = 60, n_layers: int = 4, d_model: int = 32, seed: int = 0,
+                    n_heads: int = 4, flash_names: bool = False):
+    """Write a random scGPT directory (args.json, vocab.json, best_model.pt) at ``path``.
+
+    The vocabulary is :func:`gene_symbols` ``(n_genes)`` followed by ``<pad>``, ``<cls>``,
+    ``<eoc>``; args.json uses the official key names (d_hid = 2 * d_model so that transposed
+    weights cannot load). The state dict holds every encoder weight plus a small expression
+    decoder (``decoder.fc.*``, ignored by our loader, as real checkpoints carry decoders too).
+    ``flash_names`` saves the attention projection as ``self_attn.Wqkv.*`` like checkpoints
+    trained with flash attention. Deterministic for a given ``seed``. Returns the path.
+    """
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .scgpt import ScGPTConfig, ScGPTModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {s: i for i, s in enumerate(gene_symbols(n_genes))}
+    for tok in ("<pad>", "<cls>", "<eoc>"):
+        vocab[tok] = len(vocab)
+    args = {"embsize": d_model, "nheads": n_heads, "d_hid": 2 * d_model, "nlayers": n_layers,
+            "n_layers_cls": 3, "dropout": 0.2, "pad_token": "<pad>", "pad_value": -2, "mask_value": -1,
+            "n_bins": 51, "input_emb_style": "continuous", "max_seq_len": 1200,
+            "special_tokens": ["<pad>", "<cls>", "<eoc>"], "fast_transformer": flash_names}
+    cfg = ScGPTConfig(vocab_size=len(vocab), d_model=d_model, n_heads=n_heads, d_hid=2 * d_model,
+                      n_layers=n_layers)
+    state = ScGPTModel(cfg).state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    for name in sorted(state):
+        t = state[name]
+        noise = torch.randn(t.shape, generator=gen, dtype=torch.float32)
+        if "norm" in name:  # LayerNorm: weights near 1, small biases
+            state[name] = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
+        elif t.dim() == 2 and name != "encoder.embedding.weight":
+            state[name] = noise / t.shape[1] ** 0.5
+        else:  # embeddings and biases
+            state[name] = noise if t.dim() == 2 else 0.1 * noise
+    state["encoder.embedding.weight"][vocab["<pad>"]] = 0.0  # as nn.Embedding(padding_idx) inits it
+    for i, (n_in, n_out) in enumerate([(d_model, d_model), (d_model, d_model), (d_model, 1)]):
+        state[f"decoder.fc.{2 * i}.weight"] = torch.randn(n_out, n_in, generator=gen) / n_in ** 0.5
+        state[f"decoder.fc.{2 * i}.bias"] = torch.zeros(n_out)
+    if flash_names:
+        state = {k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v for k, v in state.items()}
+    (path / "args.json").write_text(json.dumps(args, indent=2))
+    (path / "vocab.json").write_text(json.dumps(vocab, indent=2))
+    torch.save({k: v.contiguous() for k, v in state.items()}, path / "best_model.pt")
+    return path
