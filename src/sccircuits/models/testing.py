@@ -90,3 +90,60 @@ def make_tiny_scgpt(path, n_genes: int = 60, n_layers: int = 4, d_model: int = 3
     (path / "vocab.json").write_text(json.dumps(vocab, indent=2))
     torch.save({k: v.contiguous() for k, v in state.items()}, path / "best_model.pt")
     return path
+
+
+def make_tiny_geneformer(path, n_genes: int = 60, n_layers: int = 4, d_model: int = 32, seed: int = 0,
+                         n_heads: int = 4, version: int = 2, max_positions: int | None = None,
+                         init_std: float = 0.2):
+    """Write a random Geneformer-style ``BertForMaskedLM`` directory covering the genes
+    :func:`gene_ids` ``(n_genes)`` and return its path.
+
+    Files: config.json + model.safetensors (``save_pretrained``), and the token, gene-median and
+    gene-name dictionaries as pickles (V2: ``*_gc104M.pkl`` with ``<pad> <mask> <cls> <eos>`` =
+    0..3; V1: ``*_gc30M.pkl`` with ``<pad> <mask>`` = 0, 1). Medians are positive and varied.
+    ``max_positions`` defaults to room for every gene plus ``<cls>``/``<eos>``. ``init_std``
+    (larger than BERT's 0.02) keeps attention and activations varied in so small a model.
+    Deterministic for a given seed; the global torch random state is left untouched.
+    """
+    import pickle
+    from pathlib import Path
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    if version not in (1, 2):
+        raise ValueError("version must be 1 or 2")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<mask>", "<cls>", "<eos>"] if version == 2 else ["<pad>", "<mask>"]
+    ids, symbols = gene_ids(n_genes), gene_symbols(n_genes)
+    token_dict = {t: i for i, t in enumerate(specials)}
+    token_dict.update({g: len(specials) + i for i, g in enumerate(ids)})
+    rng = np.random.default_rng(seed)
+    medians = {g: float(m) for g, m in zip(ids, np.round(rng.lognormal(0.0, 0.7, size=n_genes) + 0.05, 4))}
+    names = dict(zip(symbols, ids))
+    config = BertConfig(
+        vocab_size=len(token_dict), hidden_size=d_model, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, intermediate_size=2 * d_model, hidden_act="relu",
+        max_position_embeddings=max_positions or (n_genes + 2), layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02, pad_token_id=0,
+        initializer_range=init_std, type_vocab_size=2, architectures=["BertForMaskedLM"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForMaskedLM(config)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    suffix = "gc104M" if version == 2 else "gc30M"
+    for stem, obj in ((f"token_dictionary_{suffix}", token_dict),
+                      (f"gene_median_dictionary_{suffix}", medians),
+                      (f"gene_name_id_dict_{suffix}", names)):
+        with open(path / f"{stem}.pkl", "wb") as fh:
+            pickle.dump(obj, fh, protocol=4)
+    return path
