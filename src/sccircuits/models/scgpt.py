@@ -425,6 +425,9 @@ class ScGPTAdapter:
         if not path.is_dir():
             raise InputError(path, "model directory not found" if not path.exists() else
                              "expected an scGPT model directory, got a file")
+        missing = [f for f in ("args.json", "vocab.json", "best_model.pt") if not (path / f).is_file()]
+        if missing:
+            raise InputError(path, f"not an scGPT model directory: lacks {', '.join(missing)}")
         vocab = read_vocab(path / "vocab.json")
         args = _read_json(path / "args.json")
         if not isinstance(args, dict):
