@@ -246,6 +246,7 @@ class GeneformerAdapter:
         ids = gene_identifiers(adata, gene_column, source=source)
         ensembl, id_source = self._to_ensembl(ids, where, gene_column)
         M, tokens, medians, stats = self._vocab_columns(ensembl, require_median=(mode == "official"))
+        stats["unmapped_examples"] = [str(ids[r]) for r in np.flatnonzero(np.diff(M.indptr) == 0)[:5]]
         if len(tokens) == 0:
             raise InputError(where, f"no gene overlaps the model vocabulary ({len(ids)} genes from "
                                     f"{id_source}, e.g. {', '.join(map(str, ids[:3]))})")
@@ -274,12 +275,15 @@ class GeneformerAdapter:
             gene_mask.append(mask)
             kept.append(r)
         n_skipped = int(X.shape[0] - len(kept))
+        if not kept:
+            raise InputError(where, f"none of the {X.shape[0]} cells has a nonzero count in a gene of the "
+                                    "model vocabulary")
         info = {"mode": mode, "version": self.version, "n_cells": int(X.shape[0]), "n_genes": int(len(ids)),
                 "gene_ids_from": id_source, "genes_mapped": stats["mapped"],
                 "genes_unmapped": int(len(ids) - stats["mapped"]),
                 "genes_without_median": stats["no_median"], "duplicate_genes_summed": stats["duplicates"],
                 "cells_skipped": n_skipped, "cells_truncated": n_truncated, "max_genes": int(max_genes),
-                "normalized": bool(normalized)}
+                "normalized": bool(normalized), "unmapped_examples": stats["unmapped_examples"]}
         return TokenizedCells(input_ids, None, gene_mask, np.asarray(kept, dtype=np.int64),
                               n_skipped=n_skipped, info=info)
 
