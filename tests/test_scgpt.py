@@ -405,3 +405,14 @@ def test_bad_vocab_and_wrong_directories(tiny_scgpt, tmp_path):
         ScGPTAdapter.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(InputError, match="got a file"):
         ScGPTAdapter.from_pretrained(tiny_scgpt / "args.json")
+
+
+def test_bfloat16_runs_and_resumes_exactly(tiny_scgpt, model, padded_batch):
+    low = load_model(tiny_scgpt, dtype="bfloat16")
+    clean = low.hidden_states(padded_batch, [1, 3])
+    assert clean[3].dtype == torch.bfloat16 and torch.isfinite(clean[3].float()).all()
+    ref = model.hidden_states(padded_batch, [3])[3]
+    real = padded_batch.attention_mask
+    corr = torch.corrcoef(torch.stack([clean[3][real].float().flatten(), ref[real].flatten()]))[0, 1]
+    assert corr > 0.99
+    assert torch.equal(low.run_from(1, clean[1], padded_batch)[3], clean[3])  # same kernels

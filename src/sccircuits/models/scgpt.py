@@ -333,13 +333,13 @@ def bin_values(x: np.ndarray, n_bins: int, ties: str = "middle",
                rng: np.random.Generator | None = None) -> np.ndarray:
     """Bin one cell's positive values into 1..n_bins-1 by the cell's own quantiles.
 
-    scGPT's rule (``scgpt.preprocess.binning`` / ``_digitize``): edges = the quantiles of ``x`` at
-    ``linspace(0, 1, n_bins - 1)``; a value's bin is ``np.digitize(x, edges)`` when it falls
-    strictly between edges. A value equal to one or more edges could go to any bin from
-    ``digitize(right=True) + 1`` to ``digitize(right=False)``; scGPT picks one at random
-    (``ceil(left + u * (right - left))`` with u uniform in [0, 1)). ``ties="middle"`` uses u = 0.5 (the middle
-    of that range, deterministic, the same bin for equal values); ``ties="random"`` draws u from
-    ``rng`` as scGPT does.
+    scGPT's rule (``scgpt.preprocess.binning`` / ``_digitize``): edges = the quantiles of ``x``
+    at ``linspace(0, 1, n_bins - 1)``; a value strictly between edges gets
+    ``np.digitize(x, edges)``. A value equal to one or more edges may go to any bin from
+    ``right + 1`` to ``left`` (``right``/``left`` = digitize with right=True/False): scGPT
+    draws ``ceil(left + u * (right - left))`` with u uniform in [0, 1). ``ties="middle"`` uses
+    u = 0.5 (the middle of that range: deterministic, equal values share a bin);
+    ``ties="random"`` draws u from ``rng`` as scGPT does.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
