@@ -467,7 +467,8 @@ class ScGPTAdapter:
         ids = gene_identifiers(adata, gene_column, source=source)
         M, tokens, n_dup = _vocab_columns(ids, self.vocab)
         if len(tokens) == 0:
-            hint = "" if gene_column else (" (pass gene_column= naming a var column of symbols; columns: "
+            hint = "" if gene_column else (" (scGPT uses gene symbols: name a var column holding them with "
+                                           "gene_column / --gene-column; var columns: "
                                            f"{', '.join(map(str, adata.var.columns)) or 'none'})")
             raise InputError(where, f"none of the {len(ids)} genes matches the scGPT vocabulary "
                                     f"(e.g. {', '.join(ids[:3])}){hint}")
