@@ -138,6 +138,83 @@ def pretrain_demo_cmd(
               f"frequency baseline {ev['frequency_baseline']:.4f} -> {report['path']}")
 
 
+# --- activations and SAEs (issue 4; sccircuits.activations, sccircuits.sae) ---
+@app.command("extract")
+def extract_cmd(
+    model: Path = typer.Option(..., "--model", help="model directory (Geneformer or scGPT)"),
+    data: Path = typer.Option(..., "--data", help="cells .h5ad with raw counts"),
+    out: Path = typer.Option(..., "--out", help="run directory (activations go to OUT/activations/)"),
+    layers: str = typer.Option("all", "--layers", help="'all' or comma-separated 0-based layers, e.g. 0,5,11"),
+    n_cells: Optional[int] = typer.Option(None, "--n-cells", help="number of cells (without --sample-seed: "
+                                          "the first N in file order)"),
+    sample_seed: Optional[int] = typer.Option(None, "--sample-seed", help="draw --n-cells cells at random"),
+    stratify_by: Optional[str] = typer.Option(None, "--stratify-by", help="obs column to sample within"),
+    dtype: str = typer.Option("float16", "--dtype", help="storage dtype: float16 or float32"),
+    tokenization: str = typer.Option("official", "--tokenization", help="official or reference (published)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="cells per forward pass"),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+    gene_column: Optional[str] = typer.Option(None, "--gene-column", help="var column with gene ids/symbols"),
+    counts_layer: Optional[str] = typer.Option(None, "--counts-layer", help="AnnData layer with raw counts"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace activations extracted with other options"),
+) -> None:
+    """Residual activations at every gene position of the chosen layers, streamed to disk (resumable)."""
+    from .activations import ExtractConfig, extract
+
+    cfg = ExtractConfig(layers=layers, n_cells=n_cells, sample_seed=sample_seed, stratify_by=stratify_by,
+                        dtype=dtype, tokenization=tokenization, batch_size=batch_size, device=device,
+                        gene_column=gene_column, counts_layer=counts_layer)
+    store = extract(out, model, data, cfg, overwrite=overwrite)
+    print(f"{len(store.cells())} cells, {store.n_positions} gene positions x {len(store.layers)} layers "
+          f"(d_model {store.d_model}) -> {store.path}")
+
+
+@app.command("train-sae")
+def train_sae_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory with extracted activations"),
+    layers: str = typer.Option("all", "--layers", help="'all' or comma-separated layers"),
+    expansion: int = typer.Option(4, "--expansion", help="d_sae = expansion x d_model"),
+    k: int = typer.Option(32, "--k", help="active latents per position"),
+    max_positions: Optional[int] = typer.Option(None, "--max-positions", help="train on a random subsample"),
+    epochs: int = typer.Option(5, "--epochs", help="passes over the training positions"),
+    batch_size: int = typer.Option(4096, "--batch-size", help="positions per step"),
+    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    recipe: str = typer.Option("ours", "--recipe", help="ours, or reference (the published recipe, flaws included)"),
+    holdout_fraction: float = typer.Option(0.1, "--holdout-fraction", help="fraction of cells held out"),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+) -> None:
+    """Train one TopK SAE per layer (SAELens layout in RUN/saes/layerNN/) and report held-out quality."""
+    from .sae.train import SAETrainConfig, train_saes
+
+    cfg = SAETrainConfig(layers=layers, expansion=expansion, k=k, max_positions=max_positions, epochs=epochs,
+                         batch_size=batch_size, lr=lr, seed=seed, recipe=recipe,
+                         holdout_fraction=holdout_fraction, device=device)
+    train_saes(run, cfg)
+    from .rundir import RunDir
+
+    for name, m in RunDir(run, create=False).stage("train-sae")["metrics"].items():
+        if name.startswith("layer"):
+            print(f"{name}: variance explained {m['variance_explained']:.1%}, L0 {m['l0']:.1f}, "
+                  f"dead {m['dead']}/{m['d_sae']} ({m['dead_fraction']:.1%})")
+
+
+@app.command("import-sae")
+def import_sae_cmd(
+    src: Path = typer.Argument(..., help="directory of published checkpoints (layerNN_x4_k32/sae_final.pt)"),
+    out: Path = typer.Option(..., "--out", help="output SAE directory (layerNN/ in SAELens layout), "
+                             "e.g. RUN/saes"),
+    fmt: str = typer.Option("bio-sae", "--format", help="checkpoint format (only bio-sae)"),
+) -> None:
+    """Convert published bio-sae SAE checkpoints to our layout (encoding exactly as published)."""
+    from .errors import ConfigError
+    from .sae.io import import_bio_sae
+
+    if fmt != "bio-sae":
+        raise ConfigError(f"--format must be bio-sae, got {fmt!r}")
+    for layer, path in import_bio_sae(src, out).items():
+        print(f"layer {layer} -> {path}")
+
+
 # --- end of commands ---
 
 
