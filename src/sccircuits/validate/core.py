@@ -1,0 +1,331 @@
+"""Validation of gene-level predictions against a CRISPRi Perturb-seq screen (method notes §6).
+
+Steps (:func:`validate`):
+
+1. Predictions: :func:`~sccircuits.validate.predictions.predict_genes` over the runs (or a
+   prediction table given directly).
+2. Screen: per (cell line, knockdown) mean CP10k expression (:mod:`.perturb`, row chunks).
+3. Per cell line: log2 fold change of every knockdown mean vs the control mean,
+   ``log2((mean_kd + pc) / (mean_ctrl + pc))`` with pseudocount ``pc`` (default 0.1 in CP10k
+   units, i.e. about one count in 100,000 per cell on average), for knockdowns with at least
+   ``min_cells`` cells (and a control group with at least ``min_cells``); optional efficacy
+   filter: the knocked-down gene's own mean must drop by ``min_knockdown`` (LFC <=
+   log2(1 - min_knockdown)); knockdowns whose own gene is not measured then fail the filter.
+4. Metrics per cell line (and pooled over lines when there are several), for all pairs and
+   for the consensus / novel subsets when the predictions carry those flags:
+   directional accuracy (sign(mean d) == sign(LFC), pairs with |LFC| >= ``min_abs_lfc``; see
+   :mod:`.metrics` for why the predicted sign of LFC is sign(d)), sign-bias baseline, excess,
+   cluster-bootstrap CIs over knocked-down genes, Spearman(|mean d|, |LFC|), and per
+   knocked-down gene a one-sided Fisher test of responsive genes (|LFC| > ``responsive_lfc``)
+   among its predicted targets against the background, with BH over genes.
+
+Outputs in ``OUT/validation/`` (``OUT`` = the run, or ``out``): predictions.parquet,
+knockdowns.parquet, pairs.parquet, enrichment.parquet, summary.parquet, summary.json; manifest
+stage ``validate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..config import check, option
+from ..errors import InputError
+from ..rundir import RunDir, atomic_write_bytes, atomic_write_json
+from . import metrics
+from .perturb import Screen, open_screen, pseudobulk
+from .predictions import PredictConfig, predict_genes
+
+POOLED = "(pooled)"
+
+
+@dataclasses.dataclass
+class ValidateConfig:
+    """Options of ``sccircuits validate``."""
+
+    target_column: str = option("gene", "obs column with the knocked-down gene symbol")
+    control_label: str = option("non-targeting", "label of control cells in the target column")
+    cell_line_column: str | None = option(None, "obs column with the cell line (default: 'cell_line' "
+                                                "if present, else one line)")
+    gene_column: str | None = option(None, "var column with gene symbols (default: gene_name etc. when "
+                                           "var_names are Ensembl ids)")
+    min_cells: int = option(20, "minimum cells per knockdown (and per control group) in a cell line")
+    normalize: bool = option(True, "library-size normalise each cell (scale / full row total)")
+    scale: float = option(1e4, "normalised counts per cell (1e4 = CP10k)")
+    pseudocount: float = option(0.1, "pseudocount added to both means before log2 (normalised units)")
+    efficacy_filter: bool = option(False, "use only knockdowns whose own gene drops by min_knockdown")
+    min_knockdown: float = option(0.3, "required fractional drop of the knocked-down gene (0.3 = 30%)")
+    min_abs_lfc: float = option(0.01, "pairs with |LFC| below this are not scored for direction")
+    responsive_lfc: float = option(0.5, "|LFC| above this makes a gene responsive (Fisher test)")
+    background: str = option("screen", "Fisher background: 'screen' (all measured genes) or "
+                                       "'predicted' (measured genes predicted as a target of any source)")
+    fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
+    n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
+    seed: int = option(0, "bootstrap seed")
+    chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
+    predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.predict, dict):
+            self.predict = PredictConfig(**self.predict)
+        check(self.min_cells >= 1, "min_cells must be >= 1")
+        check(self.scale > 0, "scale must be > 0")
+        check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
+        check(0 < self.min_knockdown < 1, "min_knockdown must be in (0, 1)")
+        check(self.min_abs_lfc >= 0 and self.responsive_lfc >= 0, "LFC thresholds must be >= 0")
+        check(self.background in ("screen", "predicted"), "background must be 'screen' or 'predicted'")
+        check(0 < self.fdr < 1, "fdr must be in (0, 1)")
+        check(self.n_boot >= 1, "n_boot must be >= 1")
+        check(self.chunk_size >= 1, "chunk_size must be >= 1")
+
+
+@dataclasses.dataclass
+class ValidationResult:
+    """Tables of one validation (also written to ``out_dir``)."""
+
+    summary: pd.DataFrame
+    pairs: pd.DataFrame
+    knockdowns: pd.DataFrame
+    enrichment: pd.DataFrame
+    predictions: pd.DataFrame
+    out_dir: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# fold changes
+
+
+def fold_changes(screen: Screen, pred: pd.DataFrame, cfg: ValidateConfig, progress: bool = True):
+    """Pseudo-bulk the screen -> (lfc per line, knockdowns table, genes, background, n empty cells).
+
+    ``lfc`` maps cell line -> (knockdown symbols, LFC matrix knockdowns x genes) for the
+    knockdowns that pass min_cells (and the efficacy filter when on).
+    """
+    symbols = screen.symbols
+    first = ~pd.Index(symbols).duplicated(keep="first")  # duplicated symbols: first column wins
+    sym_index = pd.Index(symbols[first])
+    sources = pd.Index(pd.unique(pred["source"].astype(str)))
+    kd = sources[sources.isin(screen.targets) & (sources != cfg.control_label)]
+    if kd.empty:
+        raise InputError(screen.path, f"no overlap between predicted genes and the screen: none of the "
+                                      f"{len(sources)} predicted source genes is a knockdown in "
+                                      f"obs['{cfg.target_column}'] (e.g. predicted: {_few(sources)}; "
+                                      f"screen: {_few(screen.targets)})")
+    tgt_measured = pd.Index(pd.unique(pred["target"].astype(str))).intersection(sym_index)
+    if tgt_measured.empty:
+        raise InputError(screen.path, "no overlap between predicted genes and the screen: no predicted "
+                                      f"target gene is measured in var (e.g. predicted: "
+                                      f"{_few(pd.unique(pred['target']))}; var: {_few(symbols[:20])})")
+    cols_all = np.flatnonzero(first)
+    if cfg.background == "screen":
+        cols = cols_all
+    else:
+        keep = sym_index.isin(tgt_measured) | sym_index.isin(kd)
+        cols = cols_all[keep]
+    pb = pseudobulk(screen, kd, cols, chunk_size=cfg.chunk_size, scale=cfg.scale,
+                    normalize=cfg.normalize, progress=progress)
+    genes = pd.Index(pb.genes)
+    background = genes.isin(tgt_measured) if cfg.background == "predicted" else np.ones(len(genes), bool)
+    rows, lfc = [], {}
+    max_self = np.log2(1.0 - cfg.min_knockdown)
+    for line in screen.lines:
+        g = pb.groups[pb.groups["cell_line"] == line]
+        ctrl = g[g["target"] == cfg.control_label]
+        n_ctrl = int(ctrl["n_cells"].iloc[0]) if len(ctrl) else 0
+        kds = g[g["target"] != cfg.control_label]
+        if kds.empty:
+            continue
+        ok_ctrl = n_ctrl >= cfg.min_cells
+        mat = (metrics.log2_fold_change(pb.means[kds.index], pb.means[ctrl.index[0]][None, :], cfg.pseudocount)
+               if n_ctrl else np.full((len(kds), len(genes)), np.nan))
+        own = genes.get_indexer(kds["target"])
+        self_lfc = np.where(own >= 0, mat[np.arange(len(kds)), np.maximum(own, 0)], np.nan)
+        enough = (kds["n_cells"].to_numpy() >= cfg.min_cells) & ok_ctrl
+        effective = np.nan_to_num(self_lfc, nan=np.inf) <= max_self
+        used = enough & (effective if cfg.efficacy_filter else True)
+        reason = np.where(~ok_ctrl, f"control has {n_ctrl} < {cfg.min_cells} cells",
+                          np.where(~enough, "too few cells",
+                                   np.where(used, "", "knockdown not effective")))
+        rows.append(pd.DataFrame({"cell_line": line, "knockdown": kds["target"].to_numpy(),
+                                  "n_cells": kds["n_cells"].to_numpy(), "n_control_cells": n_ctrl,
+                                  "self_lfc": self_lfc, "effective": effective, "used": used,
+                                  "excluded_because": reason}))
+        if used.any():
+            lfc[line] = (kds["target"].to_numpy()[used], mat[used])
+    knockdowns = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if not lfc:
+        raise InputError(screen.path, f"no knockdown of a predicted gene passes the filters in any cell line "
+                                      f"(min cells {cfg.min_cells}"
+                                      f"{', efficacy filter on' if cfg.efficacy_filter else ''})")
+    return lfc, knockdowns, genes, background, pb.n_empty_cells
+
+
+def _few(labels, n: int = 5) -> str:
+    labels = [str(x) for x in labels]
+    return ", ".join(labels[:n]) + (", ..." if len(labels) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics per cell line and subset
+
+
+def pair_table(pred: pd.DataFrame, lfc: dict, genes: pd.Index) -> pd.DataFrame:
+    """Predicted pairs joined with their observed LFC per cell line (pairs measurable there)."""
+    keep = [c for c in ("source", "target", "n_edges", "weighted_abs_d", "mean_d", "max_abs_d",
+                        "consensus", "novel") if c in pred.columns]
+    parts = []
+    for line, (kds, mat) in lfc.items():
+        r = pd.Index(kds).get_indexer(pred["source"].astype(str))
+        c = genes.get_indexer(pred["target"].astype(str))
+        ok = (r >= 0) & (c >= 0)
+        part = pred.loc[ok, keep].copy()
+        part.insert(0, "cell_line", line)
+        part["lfc"] = mat[r[ok], c[ok]]
+        parts.append(part)
+    pairs = pd.concat(parts, ignore_index=True)
+    pairs["predicted_sign"] = np.sign(pairs["mean_d"]).astype(np.int8)
+    pairs["observed_sign"] = np.sign(pairs["lfc"]).astype(np.int8)
+    return pairs
+
+
+def enrichment_table(pairs: pd.DataFrame, lfc: dict, genes: pd.Index, background: np.ndarray,
+                     cfg: ValidateConfig) -> pd.DataFrame:
+    """Per (cell line, knockdown): Fisher test of responsive genes among its predicted targets."""
+    out = []
+    for line, (kds, mat) in lfc.items():
+        p = pairs[pairs["cell_line"] == line]
+        predicted = np.zeros(mat.shape, dtype=bool)
+        predicted[pd.Index(kds).get_indexer(p["source"]), genes.get_indexer(p["target"])] = True
+        responsive = np.abs(mat) > cfg.responsive_lfc
+        universe = np.broadcast_to(background, mat.shape).copy()
+        own = genes.get_indexer(pd.Index(kds))
+        universe[np.flatnonzero(own >= 0), own[own >= 0]] = False  # a knockdown's own gene is not a target
+        a, b, c, d = metrics.fisher_tables(predicted, responsive, universe)
+        has = (a + b) > 0
+        pv = np.where(has, stats.hypergeom_sf(a, a + b, a + c, a + b + c + d), np.nan)
+        out.append(pd.DataFrame({"cell_line": line, "knockdown": kds, "n_predicted": a + b,
+                                 "n_predicted_responsive": a, "n_other_responsive": c, "n_other": c + d,
+                                 "odds_ratio": stats.odds_ratio(a, b, c, d), "p_value": pv})[has])
+    enr = pd.concat(out, ignore_index=True)
+    enr["q_value"] = np.nan
+    for line in enr["cell_line"].unique():
+        m = enr["cell_line"] == line
+        enr.loc[m, "q_value"] = stats.bh_fdr(enr.loc[m, "p_value"].to_numpy())
+    return enr
+
+
+def summarise(pairs: pd.DataFrame, enr: pd.DataFrame, subset: str, line: str, cfg: ValidateConfig) -> dict:
+    """One summary row: accuracy vs baseline with CIs, Spearman, Fisher counts."""
+    scored = pairs[(pairs["lfc"].abs() >= cfg.min_abs_lfc) & (pairs["mean_d"] != 0)]
+    acc = metrics.directional_accuracy(scored["mean_d"], scored["lfc"], scored["source"],
+                                       n_boot=cfg.n_boot, seed=cfg.seed)
+    rho, rho_p = metrics.spearman(scored["mean_d"].abs(), scored["lfc"].abs())
+    n_correct = int(round(acc.get("accuracy", 0) * acc["n_pairs"])) if acc["n_pairs"] else 0
+    return {"subset": subset, "cell_line": line, "n_pairs_measured": int(len(pairs)),
+            **{k: acc[k] for k in ("n_pairs", "n_clusters")},
+            "accuracy": acc["accuracy"], "accuracy_ci_low": acc["accuracy_ci_low"],
+            "accuracy_ci_high": acc["accuracy_ci_high"], "p_pred_positive": acc["p_pred"],
+            "p_obs_positive": acc["p_obs"], "baseline": acc["baseline"],
+            "baseline_ci_low": acc["baseline_ci_low"], "baseline_ci_high": acc["baseline_ci_high"],
+            "excess": acc["excess"], "excess_ci_low": acc["excess_ci_low"], "excess_ci_high": acc["excess_ci_high"],
+            "binomial_p_vs_half": metrics.binomial_p_half(n_correct, acc["n_pairs"]),
+            "spearman_abs_d_abs_lfc": rho, "spearman_p": rho_p,
+            "n_knockdowns_tested": int(len(enr)), "n_knockdowns_enriched": int((enr["q_value"] < cfg.fdr).sum())}
+
+
+def subsets(pred: pd.DataFrame) -> list[str]:
+    """'all', plus 'consensus' / 'novel' when the predictions carry those flags."""
+    return ["all"] + [s for s in ("consensus", "novel") if s in pred.columns]
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def validate(runs, perturbations_path: str | os.PathLike, cfg: ValidateConfig | None = None,
+             predictions: pd.DataFrame | None = None, out: str | os.PathLike | None = None,
+             progress: bool = True) -> ValidationResult:
+    """Validate the gene-level predictions of ``runs`` against a CRISPRi screen (module docstring).
+
+    ``runs``: one run directory or a list. ``predictions``: use this table instead of
+    predicting from the runs. ``out``: output directory (a run-like directory whose manifest
+    gets the ``validate`` stage); default: the single run. Returns a :class:`ValidationResult`.
+    """
+    cfg = cfg or ValidateConfig()
+    runs = [] if runs is None else ([runs] if isinstance(runs, (str, os.PathLike)) else list(runs))
+    if out is None:
+        if len(runs) != 1:
+            raise InputError(None, "give an output directory (--out) when validating several runs")
+        out = runs[0]
+    perturbations_path = Path(perturbations_path)
+    if not perturbations_path.is_file():
+        raise InputError(perturbations_path, "file not found")
+    pred = predict_genes(runs, cfg.predict, progress=progress) if predictions is None else predictions
+    if pred.empty:
+        raise InputError(None, "no gene-pair predictions (no edges, or none pass min_edges / min_max_abs_d)")
+    screen = open_screen(perturbations_path, cfg.target_column, cfg.control_label,
+                         cfg.cell_line_column, cfg.gene_column)
+    rd = RunDir(out)
+    rd.begin_stage("validate", cfg, runs=[str(r) for r in runs], perturbations=str(perturbations_path))
+    lfc, knockdowns, genes, background, n_empty = fold_changes(screen, pred, cfg, progress=progress)
+    pairs = pair_table(pred, lfc, genes)
+    lines = list(lfc) + ([POOLED] if len(lfc) > 1 else [])
+    rows, enr_all = [], []
+    for subset in subsets(pred):
+        sub = pairs if subset == "all" else pairs[pairs[subset].astype(bool)]
+        enr = enrichment_table(sub, lfc, genes, background, cfg) if len(sub) else pd.DataFrame(
+            columns=["cell_line", "knockdown", "p_value", "q_value"])
+        enr.insert(0, "subset", subset)
+        enr_all.append(enr)
+        for line in lines:
+            p = sub if line == POOLED else sub[sub["cell_line"] == line]
+            e = enr if line == POOLED else enr[enr["cell_line"] == line]
+            rows.append(summarise(p, e, subset, line, cfg))
+    summary = pd.DataFrame(rows)
+    result = ValidationResult(summary, pairs, knockdowns, pd.concat(enr_all, ignore_index=True), pred,
+                              rd / "validation")
+    outputs = _write(result)
+    main = summary[(summary["subset"] == "all")].to_dict(orient="records")
+    rd.complete_stage("validate", outputs=outputs, metrics={"summary": main, "n_empty_cells": n_empty})
+    return result
+
+
+def _write(res: ValidationResult) -> list[str]:
+    """Write every table atomically; returns paths relative to the run."""
+    out = res.out_dir
+    written = []
+    for name, df in (("predictions", res.predictions), ("knockdowns", res.knockdowns), ("pairs", res.pairs),
+                     ("enrichment", res.enrichment), ("summary", res.summary)):
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(out / f"{name}.parquet", buf.getvalue())
+        written.append(f"validation/{name}.parquet")
+    atomic_write_json(out / "summary.json", res.summary.replace({np.nan: None}).to_dict(orient="records"))
+    written.append("validation/summary.json")
+    return written
+
+
+def summary_table(summary: pd.DataFrame):
+    """A rich Table of the summary (for the terminal)."""
+    from rich.table import Table
+
+    t = Table(title="CRISPRi validation (accuracy vs sign-bias baseline; 95% cluster-bootstrap CI)")
+    for c in ("subset", "cell line", "pairs", "genes", "accuracy", "baseline", "excess", "Spearman",
+              "enriched"):
+        t.add_column(c, justify="left" if c in ("subset", "cell line") else "right")
+
+    def ci(r, k):
+        return f"{r[k]:.3f} [{r[k + '_ci_low']:.3f}, {r[k + '_ci_high']:.3f}]" if np.isfinite(r[k]) else "-"
+
+    for _, r in summary.iterrows():
+        rho = f"{r['spearman_abs_d_abs_lfc']:.3f}" if np.isfinite(r["spearman_abs_d_abs_lfc"]) else "-"
+        t.add_row(r["subset"], str(r["cell_line"]), str(r["n_pairs"]), str(r["n_clusters"]), ci(r, "accuracy"),
+                  ci(r, "baseline"), ci(r, "excess"), rho,
+                  f"{r['n_knockdowns_enriched']}/{r['n_knockdowns_tested']}")
+    return t
