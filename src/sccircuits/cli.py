@@ -215,6 +215,100 @@ def import_sae_cmd(
         print(f"layer {layer} -> {path}")
 
 
+# --- gene-level predictions and CRISPRi validation (issue 8; sccircuits.validate) ---
+def _predict_cfg(top_genes: int, uncapped: bool, min_edges: int, min_max_abs_d: float,
+                 string_pairs: Optional[Path], trrust: Optional[Path], go_gmt: Optional[Path],
+                 consensus_pairs: Optional[Path], novel_pairs: Optional[Path]):
+    from .validate import PredictConfig
+
+    s = lambda p: None if p is None else str(p)  # noqa: E731
+    return PredictConfig(top_genes=top_genes, edges="uncapped" if uncapped else "capped", min_edges=min_edges,
+                         min_max_abs_d=min_max_abs_d, string_pairs=s(string_pairs), trrust=s(trrust),
+                         go_gmt=s(go_gmt), consensus_pairs=s(consensus_pairs), novel_pairs=s(novel_pairs))
+
+
+_PRED_OPTS = dict(
+    top_genes=typer.Option(10, "--top-genes", help="top genes per feature on each side of an edge"),
+    uncapped=typer.Option(False, "--uncapped", help="use every edge, not only the published top-N cap"),
+    min_edges=typer.Option(2, "--min-edges", help="keep pairs seen in at least this many edges ..."),
+    min_max_abs_d=typer.Option(2.0, "--min-max-abs-d", help="... or whose largest |d| exceeds this"),
+    string_pairs=typer.Option(None, "--string-pairs", help="STRING gene pairs TSV (status: confirmed)"),
+    trrust=typer.Option(None, "--trrust", help="TRRUST edges TSV (status: confirmed)"),
+    go_gmt=typer.Option(None, "--go-gmt", help="GO GMT (pairs sharing a term: plausible)"),
+    consensus_pairs=typer.Option(None, "--consensus-pairs", help="table of consensus domain pairs (flags)"),
+    novel_pairs=typer.Option(None, "--novel-pairs", help="table of novel domain pairs (flags)"),
+)
+
+
+@app.command("predict")
+def predict_cmd(
+    run: list[Path] = typer.Option(..., "--run", help="run directory (repeat for several conditions)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output .parquet or .tsv (default with one run: "
+                                       "RUN/validation/gene_predictions.parquet)"),
+    top_genes: int = _PRED_OPTS["top_genes"], uncapped: bool = _PRED_OPTS["uncapped"],
+    min_edges: int = _PRED_OPTS["min_edges"], min_max_abs_d: float = _PRED_OPTS["min_max_abs_d"],
+    string_pairs: Optional[Path] = _PRED_OPTS["string_pairs"], trrust: Optional[Path] = _PRED_OPTS["trrust"],
+    go_gmt: Optional[Path] = _PRED_OPTS["go_gmt"], consensus_pairs: Optional[Path] = _PRED_OPTS["consensus_pairs"],
+    novel_pairs: Optional[Path] = _PRED_OPTS["novel_pairs"],
+) -> None:
+    """Gene-pair predictions: each edge's source x target top genes, weight 1/((i+1)(j+1))."""
+    from .errors import InputError
+    from .validate import predict_genes, write_predictions
+
+    if out is None:
+        if len(run) != 1:
+            raise InputError(None, "give --out when combining several runs")
+        out = run[0] / "validation" / "gene_predictions.parquet"
+    pred = predict_genes([str(r) for r in run], _predict_cfg(top_genes, uncapped, min_edges, min_max_abs_d,
+                                                            string_pairs, trrust, go_gmt, consensus_pairs,
+                                                            novel_pairs))
+    write_predictions(pred, out)
+    extra = ""
+    if "status" in pred.columns:
+        extra = " (" + ", ".join(f"{k} {v}" for k, v in pred["status"].value_counts().items()) + ")"
+    print(f"{len(pred)} gene pairs from {pred['source'].nunique() if len(pred) else 0} source genes{extra} -> {out}")
+
+
+@app.command("validate")
+def validate_cmd(
+    run: list[Path] = typer.Option(..., "--run", help="run directory (repeat for several conditions)"),
+    perturbations: Path = typer.Option(..., "--perturbations", help="CRISPRi screen .h5ad (Replogle 2022 layout)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default with one run: the run)"),
+    target_column: str = typer.Option("gene", "--target-column", help="obs column with the knocked-down gene"),
+    control_label: str = typer.Option("non-targeting", "--control-label", help="label of control cells"),
+    cell_line_column: Optional[str] = typer.Option(None, "--cell-line-column", help="obs column with the cell "
+                                                   "line (default: 'cell_line' if present, else one line)"),
+    gene_column: Optional[str] = typer.Option(None, "--gene-column", help="var column with gene symbols "
+                                              "(default: gene_name etc. when var_names are Ensembl ids)"),
+    min_cells: int = typer.Option(20, "--min-cells", help="minimum cells per knockdown and control group"),
+    efficacy_filter: bool = typer.Option(False, "--efficacy-filter", help="use only knockdowns whose own "
+                                         "gene drops by --min-knockdown"),
+    min_knockdown: float = typer.Option(0.3, "--min-knockdown", help="required fractional drop (0.3 = 30%)"),
+    pseudocount: float = typer.Option(0.1, "--pseudocount", help="pseudocount of the log2 fold change (CP10k)"),
+    background: str = typer.Option("screen", "--background", help="Fisher background: screen or predicted"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="cluster-bootstrap draws"),
+    seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+    chunk_size: int = typer.Option(5000, "--chunk-size", help="cells per read chunk"),
+    top_genes: int = _PRED_OPTS["top_genes"], uncapped: bool = _PRED_OPTS["uncapped"],
+    min_edges: int = _PRED_OPTS["min_edges"], min_max_abs_d: float = _PRED_OPTS["min_max_abs_d"],
+    consensus_pairs: Optional[Path] = _PRED_OPTS["consensus_pairs"],
+    novel_pairs: Optional[Path] = _PRED_OPTS["novel_pairs"],
+) -> None:
+    """Validate gene-pair predictions against a CRISPRi Perturb-seq screen (accuracy vs sign-bias
+    baseline, cluster-bootstrap CI, Spearman, Fisher enrichment); tables in OUT/validation/."""
+    from .validate import ValidateConfig, summary_table, validate
+
+    cfg = ValidateConfig(target_column=target_column, control_label=control_label,
+                         cell_line_column=cell_line_column, gene_column=gene_column, min_cells=min_cells,
+                         efficacy_filter=efficacy_filter, min_knockdown=min_knockdown, pseudocount=pseudocount,
+                         background=background, n_boot=n_boot, seed=seed, chunk_size=chunk_size,
+                         predict=_predict_cfg(top_genes, uncapped, min_edges, min_max_abs_d, None, None, None,
+                                              consensus_pairs, novel_pairs))
+    res = validate([str(r) for r in run], perturbations, cfg, out=out)
+    Console().print(summary_table(res.summary))
+    print(f"tables -> {res.out_dir}")
+
+
 # --- end of commands ---
 
 
