@@ -1,0 +1,368 @@
+"""The ``annotate`` stage: feature catalog + gene-set enrichment + labels, per SAE layer.
+
+Reads ``RUN/activations`` (:class:`sccircuits.activations.ActivationStore`) and ``RUN/saes``
+(:func:`sccircuits.sae.load_saes`), writes per layer::
+
+    RUN/annotation/layerNN_catalog.parquet     one row per feature (catalog + label + richness)
+    RUN/annotation/layerNN_enrichment.parquet  significant tests (q below alpha; see store_max_q)
+
+and the manifest stage ``annotate`` with per-layer metrics (alive features, annotation and
+label rates). :func:`annotate_layer` is the pure part (catalog table + libraries -> tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import check, option
+from ..errors import InputError
+from ..genesets import GeneSets, library_name, read_gmt, read_pairs
+from ..rundir import RunDir, atomic_write_bytes
+from . import enrich, network
+from .catalog import CatalogAccumulator, catalog_table
+from .labels import annotation_summary, find_label_library, label_features, select_from_catalog
+
+STAGE = "annotate"
+OUT_DIR = "annotation"
+COMPAT_MODES = ("", "reference")
+ENRICHMENT_COLUMNS = ["feature", "library", "term_id", "term_name", "overlap", "set_size", "term_size",
+                      "background_size", "odds_ratio", "p_value", "q_value", "overlap_genes", "kind",
+                      "significant"]
+
+
+@dataclass
+class AnnotateConfig:
+    """Options of ``sccircuits annotate``."""
+
+    top_genes: int = option(20, "top genes per feature (by mean activation where it fires)")
+    min_count: int | None = option(None, "a top gene must be seen at least this many times where the "
+                                         "feature fires (default 5; 1 with --compat reference)")
+    layers: list[int] | None = option(None, "layers to annotate (default: every layer with an SAE)")
+    compat: str = option("", "'reference' reproduces the published annotation, flaws included")
+    alpha: float = option(0.05, "FDR level for significant terms and labels")
+    min_term_size: int = option(5, "smallest term tested (after intersecting with the background)")
+    max_term_size: int = option(500, "largest term tested (after intersecting with the background)")
+    min_set_size: int = option(3, "features with fewer top genes (in the background) are not tested")
+    label_library: str = option("", "library whose terms label features (default: the GO BP one, "
+                                     "found by name: go_bp, GO_Biological_Process...)")
+    string_pairs: str | None = option(None, "STRING pairs TSV (gene1, gene2 symbols)")
+    trrust: str | None = option(None, "TRRUST TSV (TF, target, ...)")
+    network_permutations: int = option(1000, "degree-preserving rewirings for the STRING/TRRUST null")
+    seed: int = option(0, "random seed (network null)")
+    store_max_q: float = option(0.05, "enrichment rows kept in the table: q <= this (1.0 keeps every "
+                                      "test with overlap >= 1)")
+    batch_size: int = option(8192, "positions per SAE encode batch")
+    device: str = option("cpu", "torch device for SAE encoding")
+
+    def __post_init__(self) -> None:
+        check(self.compat in COMPAT_MODES, f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
+        if self.min_count is None:
+            self.min_count = 1 if self.compat == "reference" else 5
+        check(self.top_genes >= 1, "top_genes must be >= 1")
+        check(self.min_count >= 1, "min_count must be >= 1")
+        check(0 < self.alpha < 1, "alpha must be in (0, 1)")
+        check(1 <= self.min_term_size <= self.max_term_size, "need 1 <= min_term_size <= max_term_size")
+        check(self.min_set_size >= 1, "min_set_size must be >= 1")
+        check(self.network_permutations >= 1, "network_permutations must be >= 1")
+        check(0 < self.store_max_q <= 1, "store_max_q must be in (0, 1]")
+        check(self.batch_size >= 1, "batch_size must be >= 1")
+        if self.layers is not None:
+            self.layers = sorted({int(x) for x in self.layers})
+
+
+# --------------------------------------------------------------------------------------------
+# Pure part: one layer's catalog table + libraries -> (catalog with labels, enrichment)
+# --------------------------------------------------------------------------------------------
+def _feature_sets(catalog: pd.DataFrame) -> list[list[str]]:
+    """Top-gene symbols per feature, de-duplicated case-insensitively, order kept."""
+    out = []
+    for genes, alive in zip(catalog["top_genes"], catalog["fire_count"] > 0):
+        seen, keep = set(), []
+        for g in (genes if alive else []):
+            if g.upper() not in seen:
+                seen.add(g.upper())
+                keep.append(g)
+        out.append(keep)
+    return out
+
+
+def annotate_layer(catalog: pd.DataFrame, libraries: Mapping[str, GeneSets],
+                   background: Sequence[str] | None, cfg: AnnotateConfig,
+                   networks: Mapping[str, list[tuple[str, str]]] | None = None,
+                   label_library: str | None = None, progress: str | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Enrichment, labels and richness of one layer.
+
+    ``catalog``: a :func:`~sccircuits.annotate.catalog.catalog_table` (needs feature,
+    fire_count, top_genes). ``libraries``: name -> gene sets. ``background``: the corrected
+    background symbols (expressed genes in the model vocabulary); ignored in reference mode.
+    ``networks``: optional {"STRING": pairs, "TRRUST": pairs}. Returns (catalog + label and
+    richness columns, enrichment table with :data:`ENRICHMENT_COLUMNS`).
+    """
+    compat = cfg.compat == "reference"
+    networks = dict(networks or {})
+    label_library = label_library or find_label_library(list(libraries), cfg.label_library)
+    sets = _feature_sets(catalog)
+    if compat:
+        universe = sorted({g.upper() for s in sets for g in s})
+    else:
+        if background is None:
+            raise ValueError("the corrected mode needs the background genes")
+        universe = sorted({g.upper() for g in background})
+    index = {g: i for i, g in enumerate(universe)}
+    N = len(universe)
+    S_all = enrich.membership([[g.upper() for g in s] for s in sets], index)
+    sizes_all = np.asarray(S_all.sum(axis=1)).reshape(-1).astype(np.int64)
+    tested = np.flatnonzero(sizes_all >= cfg.min_set_size)
+    S, sizes = S_all[tested], sizes_all[tested]
+
+    tables: list[pd.DataFrame] = []
+    lib_members: dict[str, dict[str, frozenset[str]]] = {}
+    for name, gs in libraries.items():
+        lib = enrich.prepare_library(name, gs, index, cfg.min_term_size, cfg.max_term_size, intersect=not compat)
+        t = enrich.test_library(S, sizes, lib, N, min_overlap=2 if compat else 1, clip_table=compat)
+        if not compat:
+            t["q_value"] = enrich.bh_with_untested(t["p_value"].to_numpy(), len(tested) * len(lib.term_ids))
+        t = _named(t, tested, name, lib, "gene_set")
+        lib_members[name] = {tid: frozenset(g.upper() for g in gs[tid][1]) for tid in lib.term_ids}
+        tables.append(t)
+    if compat and "TRRUST" in networks:  # the published TF-enrichment test, pooled in the BH
+        tfs = {a.upper() for a, _ in networks["TRRUST"]} & set(universe)
+        lib = enrich.Library("TRRUST_TF_enrichment", np.array(["TRRUST:TF"], dtype=object),
+                             np.array(["transcription factors (TRRUST)"], dtype=object),
+                             enrich.membership([sorted(tfs)], index).T.tocsc(), np.array([len(tfs)]))
+        t = enrich.test_library(S, sizes, lib, N, min_overlap=2, clip_table=True)
+        tables.append(_named(t, tested, lib.name, lib, "gene_set"))
+        lib_members[lib.name] = {"TRRUST:TF": frozenset(tfs)}
+    gene_sets = pd.concat(tables, ignore_index=True) if tables else _empty()
+    if compat:  # BH over every test run in the layer, all libraries together
+        from ..stats import bh_fdr
+
+        gene_sets["q_value"] = bh_fdr(gene_sets["p_value"].to_numpy()) if len(gene_sets) else []
+        gene_sets["significant"] = gene_sets["q_value"] <= cfg.alpha
+    else:
+        gene_sets["significant"] = gene_sets["q_value"] < cfg.alpha
+    keep = gene_sets["significant"] | (gene_sets["q_value"] <= cfg.store_max_q)
+    gene_sets = gene_sets[keep].reset_index(drop=True)
+    gene_sets["overlap_genes"] = [
+        [g for g in sets[f] if g.upper() in lib_members[lib][tid]]
+        for f, lib, tid in zip(gene_sets["feature"], gene_sets["library"], gene_sets["term_id"])]
+
+    net_tables = [_network_rows(name, pairs, S, sizes, tested, index, universe, sets, cfg, compat, progress)
+                  for name, pairs in networks.items()]
+    enrichment = pd.concat([gene_sets, *net_tables], ignore_index=True)[ENRICHMENT_COLUMNS]
+    enrichment = enrichment.sort_values(["feature", "library", "q_value", "p_value", "term_id"],
+                                        kind="mergesort", na_position="last").reset_index(drop=True)
+    enrichment = enrichment.astype({"feature": np.int64, "overlap": np.int64, "set_size": np.int64,
+                                    "term_size": np.int64, "background_size": np.int64,
+                                    "odds_ratio": np.float64, "p_value": np.float64,
+                                    "q_value": np.float64, "significant": bool})
+
+    n = len(catalog)
+    labels = label_features(enrichment, n, label_library, cfg.alpha, inclusive=compat)
+    summary = annotation_summary(enrichment, n)
+    out = catalog.drop(columns=[c for c in ("label_id", "label_name", "label_q", "n_annotations",
+                                            "n_libraries", "min_q", "richness") if c in catalog])
+    out = out.merge(labels, on="feature", how="left").merge(summary, on="feature", how="left")
+    return out, enrichment
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in ENRICHMENT_COLUMNS})
+
+
+def _named(t: pd.DataFrame, tested: np.ndarray, library: str, lib: enrich.Library, kind: str) -> pd.DataFrame:
+    """Test rows with feature ids, library and term names instead of matrix positions."""
+    t = t.copy()
+    t.insert(0, "feature", tested[t["row"].to_numpy()].astype(np.int64))
+    t.insert(1, "library", library)
+    terms = t["term"].to_numpy()
+    t.insert(2, "term_id", lib.term_ids[terms] if len(terms) else np.array([], dtype=object))
+    t.insert(3, "term_name", lib.term_names[terms] if len(terms) else np.array([], dtype=object))
+    t["kind"] = kind
+    return t.drop(columns=["row", "term"])
+
+
+def _network_rows(name, pairs, S, sizes, tested, index, universe, sets, cfg, compat, progress) -> pd.DataFrame:
+    """Rows of one network library: edge counts (reference) or degree-preserving null tests."""
+    edges = network.edge_array(pairs, index, reference_trrust=compat and name == "TRRUST")
+    n_genes = len(universe)
+    if compat:
+        observed = network.within_counts(S, edges, n_genes)
+        p = q = fold = np.full(observed.size, np.nan)
+        keep = observed > 0  # published: any edge inside the set counted as an annotation
+        significant = keep
+    else:
+        observed, null_mean, p = network.degree_null_test(
+            S, edges, n_genes, cfg.network_permutations, seed=cfg.seed,
+            progress=f"{progress} {name} null" if progress else None)
+        from ..stats import bh_fdr
+
+        q = bh_fdr(p)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fold = observed / null_mean
+        significant = q < cfg.alpha
+        keep = significant | (q <= cfg.store_max_q)
+    members = network.within_genes(S, edges, n_genes)
+    rows = np.flatnonzero(keep)
+    return pd.DataFrame({
+        "feature": tested[rows].astype(np.int64), "library": name,
+        "term_id": f"{name}:within_set_edges", "term_name": f"{name} edges among the top genes",
+        "overlap": observed[rows], "set_size": sizes[rows], "term_size": len(edges),
+        "background_size": n_genes, "odds_ratio": np.asarray(fold, dtype=np.float64)[rows],
+        "p_value": np.asarray(p, dtype=np.float64)[rows], "q_value": np.asarray(q, dtype=np.float64)[rows],
+        "overlap_genes": [[g for g in sets[tested[r]] if index.get(g.upper(), -1) in set(members[r].tolist())]
+                          for r in rows],
+        "kind": "network", "significant": np.asarray(significant, dtype=bool)[rows],
+    }, columns=ENRICHMENT_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage: stream activations through each SAE, then annotate_layer, then write
+# --------------------------------------------------------------------------------------------
+def layer_counts(store, sae, layer: int, batch_size: int, device: str = "cpu", progress: bool = True):
+    """Catalog counts of one layer: every position of the store encoded by ``sae``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    acc = CatalogAccumulator(int(sae.d_sae))
+    sae = sae.to(device).eval()
+    total = math.ceil(store.n_positions / batch_size) if getattr(store, "n_positions", None) else None
+    with torch.no_grad():
+        for acts, _cells, tokens in tqdm(store.iter_batches(layer, batch_size), total=total,
+                                         desc=f"layer {layer:02d} catalog", disable=not progress):
+            h = torch.as_tensor(acts, dtype=torch.float32).to(device)
+            acc.update(sae.encode(h).float(), torch.as_tensor(tokens))
+    return acc.result()
+
+
+def token_symbols(genes: pd.DataFrame) -> dict[int, str]:
+    """token id -> symbol (the gene id when the symbol is missing) from ``store.genes()``."""
+    out = {}
+    for tok, gid, sym in zip(genes["token_id"], genes["gene_id"], genes["symbol"]):
+        sym = sym if isinstance(sym, str) and sym.strip() else gid
+        out[int(tok)] = str(sym)
+    return out
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_libraries(gene_sets: Sequence[str | os.PathLike]) -> dict[str, GeneSets]:
+    """Read GMT files; library name = file name without extensions (must be distinct)."""
+    libs: dict[str, GeneSets] = {}
+    for path in gene_sets:
+        name = library_name(path)
+        if name in libs:
+            raise InputError(path, f"two gene-set files share the library name {name!r}; rename one")
+        libs[name] = read_gmt(path)
+    if not libs:
+        raise InputError(None, "no gene-set files given (--gene-sets FILE.gmt)")
+    return libs
+
+
+def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
+             cfg: AnnotateConfig | None = None, progress: bool = True) -> dict:
+    """Run the annotate stage on ``run``; returns the per-layer metrics saved in the manifest."""
+    from ..activations import ActivationStore
+    from ..sae import load_saes
+
+    cfg = cfg or AnnotateConfig()
+    rd = RunDir(run, create=False)
+    libraries = load_libraries(gene_sets)
+    label_library = find_label_library(list(libraries), cfg.label_library)
+    networks = {}
+    if cfg.string_pairs:
+        networks["STRING"] = read_pairs(cfg.string_pairs)
+    if cfg.trrust:
+        networks["TRRUST"] = read_pairs(cfg.trrust)
+    store = ActivationStore(rd.path)
+    saes = load_saes(rd.path / "saes")
+    available = sorted(set(saes) & set(store.layers))
+    layers = cfg.layers if cfg.layers is not None else available
+    missing = [l for l in layers if l not in available]
+    if missing:
+        raise InputError(rd.path, f"layers {missing} have no SAE and activations (available: {available})")
+    inputs = {str(p): _file_digest(p) for p in [*gene_sets, cfg.string_pairs, cfg.trrust] if p}
+    rd.begin_stage(STAGE, cfg, inputs=inputs, label_library=label_library)
+
+    genes = store.genes()
+    symbols = token_symbols(genes)
+    background = sorted({s.upper() for s in symbols.values()})
+    outputs, metrics = [], {"label_library": label_library, "layers": {}}
+    for layer in layers:
+        counts = layer_counts(store, saes[layer], layer, cfg.batch_size, cfg.device, progress)
+        catalog = catalog_table(counts, symbols, cfg.top_genes, cfg.min_count)
+        catalog, enrichment = annotate_layer(catalog, libraries, background, cfg, networks, label_library,
+                                             progress=f"layer {layer:02d}" if progress else None)
+        for kind, df in (("catalog", catalog), ("enrichment", enrichment)):
+            rel = f"{OUT_DIR}/layer{layer:02d}_{kind}.parquet"
+            _write_parquet(rd.path / rel, df)
+            outputs.append(rel)
+        metrics["layers"][str(layer)] = layer_metrics(catalog, len(background) if not cfg.compat else None)
+    rd.complete_stage(STAGE, outputs=outputs, metrics=metrics)
+    return metrics
+
+
+def layer_metrics(catalog: pd.DataFrame, background_size: int | None) -> dict:
+    """Alive features, annotation rate (any significant row) and label rate (GO BP label)."""
+    alive = catalog["fire_count"] > 0
+    n_alive = int(alive.sum())
+    annotated = int(((catalog["n_annotations"] > 0) & alive).sum())
+    labelled = int(((catalog["label_name"] != "unannotated") & alive).sum())
+    return {"n_features": int(len(catalog)), "n_alive": n_alive, "n_annotated": annotated,
+            "annotation_rate": annotated / n_alive if n_alive else 0.0, "n_labelled": labelled,
+            "label_rate": labelled / n_alive if n_alive else 0.0, "background_size": background_size}
+
+
+def load_annotation(run: str | os.PathLike) -> tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]:
+    """(catalogs, enrichment) per layer of a run whose annotate stage completed."""
+    rd = RunDir(run, create=False)
+    st = rd.require(STAGE)
+    catalogs, enrichment = {}, {}
+    for rel in st.get("outputs", []):
+        name = Path(rel).name
+        layer = int(name[len("layer"):len("layer") + 2])
+        df = pd.read_parquet(rd.path / rel)
+        (catalogs if name.endswith("_catalog.parquet") else enrichment)[layer] = df
+    return catalogs, enrichment
+
+
+def select_features(run: str | os.PathLike, layer: int, method: str = "richness", n: int = 30,
+                    seed: int = 0, features: Sequence[int] | None = None, min_freq: float = 0.01) -> list[int]:
+    """Source features of ``layer`` for tracing.
+
+    Methods: ``richness`` (published score 10 x libraries + annotations - log10 min q, among
+    features with activation frequency >= ``min_freq``; ties by frequency then feature id),
+    ``frequency`` (most frequent first), ``random`` (``seed``, among frequent-enough
+    features, returned sorted), ``list`` (``features`` as given, validated), ``all`` (every
+    feature that fired).
+    """
+    catalogs, _ = load_annotation(run)
+    if layer not in catalogs:
+        raise InputError(run, f"layer {layer} was not annotated (annotated layers: {sorted(catalogs)})")
+    return select_from_catalog(catalogs[layer], method, n, seed, features, min_freq)
+
+
+__all__ = ["AnnotateConfig", "annotate", "annotate_layer", "load_annotation", "select_features",
+           "layer_counts", "token_symbols", "load_libraries"]
