@@ -124,7 +124,7 @@ def _load_hf_model(path: Path, dtype: torch.dtype, attn_implementation: str):
     try:
         model, info = BertForMaskedLM.from_pretrained(
             path, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation,
-            output_loading_info=True)
+            output_loading_info=True, ignore_mismatched_sizes=True)  # mismatches checked below
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "size mismatch" in str(e) or "shape" in str(e).lower():
@@ -138,9 +138,11 @@ def _load_hf_model(path: Path, dtype: torch.dtype, attn_implementation: str):
             hf_logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if k.startswith("bert.")
                and not k.endswith("position_ids")]
-    mismatched = info.get("mismatched_keys", [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]))
     if mismatched:
-        raise InputError(weights[0], f"weights do not match config.json dimensions: {list(mismatched)[:3]}")
+        name, ckpt, want = mismatched[0]
+        raise InputError(weights[0], f"weights do not match config.json dimensions ({len(mismatched)} tensors, "
+                                     f"e.g. {name}: file {tuple(ckpt)} vs config {tuple(want)})")
     if missing:
         raise InputError(weights[0], f"{len(missing)} model weights missing (e.g. {', '.join(missing[:3])}); "
                                      "file incomplete or not a BERT checkpoint")
