@@ -309,6 +309,46 @@ def validate_cmd(
     print(f"tables -> {res.out_dir}")
 
 
+# --- feature catalog and gene-set annotation (issue 5; sccircuits.annotate) ---
+@app.command("annotate")
+def annotate_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory (with activations and SAEs)"),
+    gene_sets: list[Path] = typer.Option(..., "--gene-sets", help="GMT file (plain or .gz); repeat for "
+                                         "several libraries; library name = file name"),
+    top_genes: int = typer.Option(20, "--top-genes", help="top genes per feature"),
+    min_count: Optional[int] = typer.Option(None, "--min-count", help="minimum fires on a gene to rank it "
+                                            "(default 5; 1 with --compat reference)"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated layers (default: all with an SAE)"),
+    compat: Optional[str] = typer.Option(None, "--compat", help="'reference': the published annotation, flaws included"),
+    alpha: float = typer.Option(0.05, "--alpha", help="FDR level for significant terms and labels"),
+    min_term_size: int = typer.Option(5, "--min-term-size", help="smallest term tested"),
+    max_term_size: int = typer.Option(500, "--max-term-size", help="largest term tested"),
+    label_library: str = typer.Option("", "--label-library", help="library labelling features (default: GO BP)"),
+    string_pairs: Optional[Path] = typer.Option(None, "--string-pairs", help="STRING gene pairs TSV"),
+    trrust: Optional[Path] = typer.Option(None, "--trrust", help="TRRUST edges TSV (TF, target, ...)"),
+    permutations: int = typer.Option(1000, "--permutations", help="rewirings for the STRING/TRRUST null"),
+    seed: int = typer.Option(0, "--seed", help="random seed of the network null"),
+    device: str = typer.Option("cpu", "--device", help="torch device for SAE encoding"),
+) -> None:
+    """Feature catalog (fire counts, top genes) and gene-set enrichment with one GO BP label per feature."""
+    from .annotate import AnnotateConfig, annotate
+    from .errors import ConfigError
+
+    try:
+        layer_list = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    cfg = AnnotateConfig(top_genes=top_genes, min_count=min_count, layers=layer_list, compat=compat or "",
+                         alpha=alpha, min_term_size=min_term_size, max_term_size=max_term_size,
+                         label_library=label_library, string_pairs=None if string_pairs is None else str(string_pairs),
+                         trrust=None if trrust is None else str(trrust), network_permutations=permutations,
+                         seed=seed, device=device)
+    metrics = annotate(run, [str(g) for g in gene_sets], cfg)
+    for layer, m in metrics["layers"].items():
+        print(f"layer {int(layer):2d}: {m['n_alive']} alive features, {m['annotation_rate']:.1%} annotated, "
+              f"{m['label_rate']:.1%} with a {metrics['label_library']} label")
+
+
 # --- end of commands ---
 
 
