@@ -1,0 +1,345 @@
+"""``analyze`` (one run) and ``compare`` (several runs): load, call the pure statistics, write.
+
+Outputs of :func:`analyze` in ``RUN/analysis/``:
+
+- ``summary.json``: for the ``all`` (uncapped) and ``capped`` (published top-N) edge sets:
+  counts, effect sizes, sign balance, coherence with its null, hierarchy and novelty summaries;
+- ``attenuation.parquet``, ``hubs.parquet``, ``coherence_null.parquet``, ``domain_pairs.parquet``,
+  ``hierarchy.parquet``, ``novel_pairs.parquet`` (tables with an ``edge_set`` column where relevant);
+- ``circuit.graphml`` (every edge, ``in_cap`` as an edge attribute).
+
+Outputs of :func:`compare` in its ``out`` directory: ``compare.json``, ``comparison_table.parquet``
+(+ ``.csv``), ``consensus_pairs.parquet``, ``consensus_null.parquet``, ``novel_pairs.parquet``,
+``hierarchy.parquet``, ``disease.parquet``, ``disease_domains.parquet``, ``tissue.parquet``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from . import coherence as coh
+from . import consensus as cons
+from . import disease as dis
+from . import hierarchy as hier
+from . import novel as nov
+from . import summary as summ
+from . import tissue as tis
+from .config import AnalyzeConfig, CompareConfig
+from .graph import circuit_graph, write_graphml
+from .inputs import as_rundir, infer_n_layers, load_annotation_tables, load_edges
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a DataFrame as parquet atomically."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def edge_subset(edges: pd.DataFrame, edge_set: str) -> pd.DataFrame:
+    """``all`` edges or only the ``capped`` ones (inside the published top-N cap)."""
+    return edges if edge_set == "all" else edges[edges["in_cap"]].reset_index(drop=True)
+
+
+def load_run(run: RunDir | str | Path) -> dict:
+    """Edges plus, when the annotate stage is complete, catalogs and enrichment of a run."""
+    run = as_rundir(run)
+    edges = load_edges(run)
+    catalogs, enrichment = (load_annotation_tables(run) if run.is_complete("annotate") else (None, None))
+    return {"run": run, "edges": edges, "catalogs": catalogs, "enrichment": enrichment}
+
+
+def domain_gene_sets(gmt: str | None, catalogs: Sequence[Mapping[int, pd.DataFrame]]) -> tuple[dict, str]:
+    """Domain gene sets from a GMT (when given) or the union of top genes of labelled features."""
+    if gmt:
+        from ..genesets import read_gmt
+
+        return nov.gene_sets_from_gmt(read_gmt(gmt)), f"gmt:{gmt}"
+    tables = [t for cats in catalogs if cats for t in cats.values()]
+    return nov.gene_sets_from_catalogs(tables), "union of top genes of features with the label"
+
+
+def summarize(edges: pd.DataFrame, enrichment: Mapping[int, pd.DataFrame] | None, cfg: AnalyzeConfig) -> dict:
+    """Per edge set: counts, effect sizes, sign balance and coherence (with null) of one condition.
+
+    Returns {"all": {...}, "capped": {...}, "_tables": {...}} where ``_tables`` holds the
+    attenuation, hubs and coherence-null DataFrames (not JSON).
+    """
+    term_sets = coh.term_sets_from_enrichment(enrichment, cfg.libraries, cfg.q_max) if enrichment else None
+    out: dict = {}
+    att, hub, nulls = [], [], []
+    for es in ("all", "capped"):
+        e = edge_subset(edges, es)
+        s = summ.describe_edges(e)
+        if term_sets is not None:
+            res, null = coh.coherence_test(e, term_sets, n_perm=cfg.n_perm, seed=cfg.seed)
+            res.update({"libraries": list(cfg.libraries), "term_q_max": cfg.q_max,
+                        "null": "term sets shuffled among features of the same layer and richness stratum (floor log2 #terms)"})
+            nulls.append(pd.DataFrame({"edge_set": es, "draw": np.arange(null.size), "coherence": null}))
+        else:
+            res = {"coherence": None, "reason": "annotate stage not complete in this run"}
+        s["coherence"] = res
+        h = summ.hubs(e)
+        s["top_hubs"] = h.head(cfg.top_hubs).to_dict("records")
+        att.append(summ.attenuation(e).assign(edge_set=es))
+        hub.append(h.assign(edge_set=es))
+        out[es] = s
+    out["_tables"] = {"attenuation": pd.concat(att, ignore_index=True), "hubs": pd.concat(hub, ignore_index=True),
+                      "coherence_null": pd.concat(nulls, ignore_index=True) if nulls else pd.DataFrame()}
+    return out
+
+
+def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
+    """Analyse one condition's circuit; write ``RUN/analysis/`` and return the summary dict."""
+    cfg = cfg or AnalyzeConfig()
+    data = load_run(run)
+    run, edges, catalogs = data["run"], data["edges"], data["catalogs"]
+    run.begin_stage("analyze", cfg)
+    outdir = run / "analysis"
+    n_layers = cfg.n_layers or infer_n_layers(run, edges, catalogs)
+
+    result = summarize(edges, data["enrichment"], cfg)
+    tables = result.pop("_tables")
+    pairs = cons.domain_pairs(edges)
+    gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [catalogs])
+    novel = nov.novel_relations(pairs, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
+    depth_rows, hier_rows = [], []
+    for es in ("all", "capped"):
+        e = edge_subset(edges, es)
+        p = cons.domain_pairs(e)
+        nodes, hs = hier.hierarchy(p, hier.domain_depths(e, n_layers), alpha=cfg.pagerank_alpha)
+        hier_rows.append(nodes.assign(edge_set=es))
+        result[es]["hierarchy"] = hs
+        result[es]["n_domain_pairs"] = int(len(p))
+        nt = novel if es == "all" else novel[novel["n_edges_capped"] > 0].assign(n_edges=lambda t: t["n_edges_capped"])
+        result[es]["novel"] = {**nov.novel_summary(nt), "gene_sets": gs_source, "q_max": cfg.q_max,
+                               "compat_min_shared_genes": cfg.min_shared_genes}
+    summary = {"run": str(run.path), "models": sorted(edges["model"].astype(str).unique().tolist()),
+               "n_layers": int(n_layers), "n_layers_from": "config" if cfg.n_layers else "inferred",
+               "sign_convention": summ.SIGN_CLASSES, **result}
+
+    write_parquet(tables["attenuation"], outdir / "attenuation.parquet")
+    write_parquet(tables["hubs"], outdir / "hubs.parquet")
+    write_parquet(tables["coherence_null"], outdir / "coherence_null.parquet")
+    write_parquet(pairs, outdir / "domain_pairs.parquet")
+    write_parquet(pd.concat(hier_rows, ignore_index=True), outdir / "hierarchy.parquet")
+    write_parquet(novel, outdir / "novel_pairs.parquet")
+    outputs = ["analysis/summary.json", "analysis/attenuation.parquet", "analysis/hubs.parquet",
+               "analysis/coherence_null.parquet", "analysis/domain_pairs.parquet", "analysis/hierarchy.parquet",
+               "analysis/novel_pairs.parquet"]
+    if cfg.graphml:
+        write_graphml(circuit_graph(edges), outdir / "circuit.graphml")
+        outputs.append("analysis/circuit.graphml")
+    atomic_write_json(outdir / "summary.json", summary)
+    run.complete_stage("analyze", outputs=outputs, metrics=_metrics(summary))
+    return summary
+
+
+def _metrics(summary: dict) -> dict:
+    m = {}
+    for es in ("all", "capped"):
+        s = summary[es]
+        m[f"{es}_n_edges"] = s["n_edges"]
+        m[f"{es}_mean_abs_d"] = s["mean_abs_d"]
+        m[f"{es}_frac_d_negative"] = s["sign_balance"]["d_negative"]["frac"]
+        m[f"{es}_coherence"] = s["coherence"].get("coherence")
+        m[f"{es}_coherence_fold"] = s["coherence"].get("fold_enrichment")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def parse_groups(spec: str | Mapping[str, Sequence[str]] | None, names: Mapping[str, RunDir],
+                 models: Mapping[str, str]) -> dict[str, list[str]]:
+    """Groups of run names from ``"geneformer=RUN_A,RUN_C;scgpt=RUN_B"`` (names or paths).
+
+    With no spec, runs are grouped by their edge table's ``model`` column.
+    """
+    if spec is None or spec == "":
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(models[n], []).append(n)
+        return groups
+    if isinstance(spec, str):
+        parsed: dict[str, list[str]] = {}
+        for part in filter(None, (p.strip() for p in spec.split(";"))):
+            if "=" not in part:
+                raise InputError(None, f"--groups: '{part}' is not NAME=RUN[,RUN...]")
+            g, members = part.split("=", 1)
+            parsed[g.strip()] = [m.strip() for m in members.split(",") if m.strip()]
+        spec = parsed
+    by_path = {str(Path(r.path).resolve()): n for n, r in names.items()}
+    out: dict[str, list[str]] = {}
+    for g, members in spec.items():
+        out[g] = []
+        for m in members:
+            key = m if m in names else by_path.get(str(Path(m).resolve()))
+            if key is None:
+                raise InputError(m, f"group '{g}' names a run that is not among the compared runs")
+            out[g].append(key)
+    used = [m for ms in out.values() for m in ms]
+    if len(set(used)) != len(used):
+        raise InputError(None, "--groups: a run appears in more than one group")
+    return out
+
+
+def _run_names(runs: Sequence[RunDir | str | Path]) -> dict[str, RunDir]:
+    names: dict[str, RunDir] = {}
+    for r in runs:
+        rd = as_rundir(r)
+        base = rd.path.resolve().name or str(rd.path)
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names[name] = rd
+    return names
+
+
+def _run_summary(rd: RunDir, data: dict, cfg: AnalyzeConfig) -> dict:
+    """The run's own analysis when complete, else the same summary computed in memory."""
+    if rd.is_complete("analyze"):
+        return read_json(rd / "analysis/summary.json")
+    s = summarize(data["edges"], data["enrichment"], cfg)
+    s.pop("_tables")
+    return s
+
+
+def comparison_table(summaries: Mapping[str, dict], models: Mapping[str, str]) -> pd.DataFrame:
+    """The side-by-side table: one row per (condition, edge set)."""
+    rows = []
+    for name, s in summaries.items():
+        for es in ("all", "capped"):
+            x = s[es]
+            c = x.get("coherence") or {}
+            rows.append({
+                "condition": name, "model": models[name], "edge_set": es,
+                "n_edges": x["n_edges"], "n_sources": x["n_sources"], "n_targets": x["n_targets"],
+                "mean_abs_d": x["mean_abs_d"], "median_abs_d": x["median_abs_d"],
+                "pct_abs_d_gt_1": 100 * x["frac_abs_d_gt_1"], "pct_abs_d_gt_2": 100 * x["frac_abs_d_gt_2"],
+                "pct_d_negative_source_supports_target_paper_inhibitory": 100 * x["sign_balance"]["d_negative"]["frac"],
+                "pct_d_positive_source_suppresses_target": 100 * x["sign_balance"]["d_positive"]["frac"],
+                "coherence": c.get("coherence"), "coherence_null_mean": c.get("null_mean"),
+                "coherence_fold": c.get("fold_enrichment"), "coherence_p": c.get("p_value"),
+            })
+    return pd.DataFrame(rows)
+
+
+def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.PathLike = "compare",
+            cfg: CompareConfig | None = None) -> dict:
+    """Compare conditions: comparison table, consensus with nulls, novelty, hierarchy, tissue, disease."""
+    cfg = cfg or CompareConfig()
+    names = _run_names(runs)
+    data = {n: load_run(rd) for n, rd in names.items()}
+    models = {n: ",".join(sorted(d["edges"]["model"].astype(str).unique())) or "unknown" for n, d in data.items()}
+    groups = parse_groups(groups, names, models)
+    outrd = RunDir(out)
+    outrd.begin_stage("compare", cfg, runs={n: str(rd.path) for n, rd in names.items()}, groups=groups)
+    outdir = outrd.path
+
+    summaries = {n: _run_summary(names[n], data[n], cfg.analyze) for n in names}
+    table = comparison_table(summaries, models)
+    result: dict = {"runs": {n: str(rd.path) for n, rd in names.items()}, "groups": groups,
+                    "sign_convention": summ.SIGN_CLASSES, "consensus": {}}
+
+    pair_tables, cons_rows, null_rows = {}, [], []
+    for es in cfg.edge_sets:
+        gp = {g: cons.domain_pairs(pd.concat([edge_subset(data[n]["edges"], es) for n in members], ignore_index=True))
+              for g, members in groups.items()}
+        pair_tables[es] = gp
+        if len(groups) < 2:
+            result["consensus"][es] = {"note": "consensus needs at least two groups"}
+            continue
+        sets = {g: cons.pair_set(p) for g, p in gp.items()}
+        observed = len(cons.consensus(sets))
+        lab = cons.label_permutation_null(sets, cfg.n_perm, cfg.seed, progress=cfg.progress)
+        rew = cons.rewiring_null(sets, cfg.n_rewire, cfg.seed, cfg.rewire_swaps_per_draw, progress=cfg.progress)
+        ct = cons.consensus_table(gp, cfg.high_conf_abs_d)
+        cons_rows.append(ct.assign(edge_set=es))
+        null_rows += [pd.DataFrame({"edge_set": es, "null": "label_permutation", "draw": np.arange(lab.size), "size": lab}),
+                      pd.DataFrame({"edge_set": es, "null": "rewiring", "draw": np.arange(rew.size), "size": rew})]
+        result["consensus"][es] = {
+            "pairs_per_group": {g: len(s) for g, s in sets.items()},
+            "n_consensus": observed,
+            "n_high_confidence": int(ct["high_confidence"].sum()) if len(ct) else 0,
+            "high_confidence_rule": f"mean |d| > {cfg.high_conf_abs_d} in every group",
+            "label_permutation_null": {**cons.null_summary(observed, lab), "seed": cfg.seed,
+                                       "method": "random bijection of each non-first group's sorted domains"},
+            "rewiring_null": {**cons.null_summary(observed, rew), "seed": cfg.seed,
+                              "method": "directed double-edge swaps preserving out/in degree, no duplicate pairs"},
+        }
+
+    # union of pairs over all runs (primary edge set) for novelty, hierarchy and disease
+    es0 = cfg.edge_sets[0]
+    all_edges = pd.concat([edge_subset(d["edges"], es0) for d in data.values()], ignore_index=True)
+    union = cons.domain_pairs(all_edges)
+    cons_set = cons.consensus({g: cons.pair_set(p) for g, p in pair_tables[es0].items()}) if len(groups) >= 2 else set()
+    union["consensus"] = [k in cons_set for k in zip(union["source_domain"], union["target_domain"])]
+    gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [d["catalogs"] for d in data.values()])
+    novel = nov.novel_relations(union, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
+    result["novel"] = {**nov.novel_summary(novel), "n_consensus_pairs_novel": int((novel["novel"] & novel["consensus"]).sum()),
+                       "edge_set": es0, "gene_sets": gs_source}
+
+    depths = []
+    for n, d in data.items():
+        nl = cfg.analyze.n_layers or infer_n_layers(names[n], d["edges"], d["catalogs"])
+        depths.append(hier.domain_depths(edge_subset(d["edges"], es0), nl).assign(condition=n))
+    dep = pd.concat(depths, ignore_index=True)
+    dep = dep.assign(w=dep["n_features"] * dep["mean_relative_depth"]).groupby("domain").agg(
+        n_features=("n_features", "sum"), w=("w", "sum")).reset_index()
+    dep["mean_relative_depth"] = dep["w"] / dep["n_features"]
+    nodes, hs = hier.hierarchy(union, dep[["domain", "n_features", "mean_relative_depth"]], alpha=cfg.analyze.pagerank_alpha)
+    result["hierarchy"] = {**hs, "edge_set": es0}
+
+    names_map = dict(zip(union["source_domain"], union["source_name"])) | dict(zip(union["target_domain"], union["target_name"]))
+    if cfg.disease_gmt:
+        from ..genesets import read_gmt
+
+        cats, dtests = dis.gmt_categories(gene_sets, read_gmt(cfg.disease_gmt), q_max=cfg.q_max)
+        mode = f"gmt:{cfg.disease_gmt}"
+    else:
+        cats = dis.keyword_categories(names_map)
+        dtests = pd.DataFrame({"domain": list(cats), "categories": [sorted(c) for c in cats.values()]})
+        mode = "compat keyword categories from GO term names (circular when labels come from GO)"
+    dtable = dis.disease_vs_consensus(union, union["consensus"], cats)
+    result["disease"] = {"mode": mode, "edge_set": es0, "tests": dtable.to_dict("records")}
+
+    tissue_rows = []
+    for c in cfg.contrasts:
+        focus, base = c.split(":")
+        fk, bk = (parse_groups({"x": [focus, base]}, names, models)["x"])
+        fe, be = edge_subset(data[fk]["edges"], es0), edge_subset(data[bk]["edges"], es0)
+        t = tis.tissue_specificity(cons.domain_pairs(fe), cons.domain_pairs(be))
+        same_model = models[fk] == models[bk]
+        tissue_rows.append(t.assign(focus=fk, baseline=bk, same_model=same_model))
+    tissue = pd.concat(tissue_rows, ignore_index=True) if tissue_rows else pd.DataFrame()
+    result["tissue"] = {"contrasts": cfg.contrasts, "edge_set": es0,
+                        "note": "cleanest contrast: same model and SAE, different input cells",
+                        "tests": tissue.to_dict("records")}
+    result["comparison_table"] = table.to_dict("records")
+
+    write_parquet(table, outdir / "comparison_table.parquet")
+    atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
+    write_parquet(pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame(), outdir / "consensus_pairs.parquet")
+    write_parquet(pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame(), outdir / "consensus_null.parquet")
+    write_parquet(novel, outdir / "novel_pairs.parquet")
+    write_parquet(nodes, outdir / "hierarchy.parquet")
+    write_parquet(dtable, outdir / "disease.parquet")
+    write_parquet(dtests, outdir / "disease_domains.parquet")
+    write_parquet(tissue, outdir / "tissue.parquet")
+    atomic_write_json(outdir / "compare.json", result)
+    outputs = ["compare.json", "comparison_table.parquet", "comparison_table.csv", "consensus_pairs.parquet",
+               "consensus_null.parquet", "novel_pairs.parquet", "hierarchy.parquet", "disease.parquet",
+               "disease_domains.parquet", "tissue.parquet"]
+    metrics = {f"{es}_n_consensus": v.get("n_consensus") for es, v in result["consensus"].items()}
+    outrd.complete_stage("compare", outputs=outputs, metrics=metrics)
+    return result
