@@ -419,6 +419,12 @@ class GeneformerAdapter:
         """Token id -> Ensembl id (special tokens map to their names)."""
         return dict(self._id_to_gene)
 
+    def _file_label(self, file: str | None) -> str | None:
+        """A dictionary file's name when it sits in the model directory, else its full path."""
+        if file is None:
+            return None
+        return Path(file).name if Path(file).parent.resolve() == self.path.resolve() else str(file)
+
     def describe(self) -> dict:
         """Facts for ``inspect-model``."""
         c = self.config
@@ -430,7 +436,7 @@ class GeneformerAdapter:
             "layer_norm_eps": float(c.layer_norm_eps), "vocab_size": int(c.vocab_size),
             "n_genes": n_genes, "max_positions": self.max_positions, "special_tokens": dict(self.special_tokens),
             "genes_with_median": len(self.median_dict), "symbols_known": len(self.name_dict),
-            "files": {k: v for k, v in self.files.items()},
+            "files": {k: self._file_label(v) for k, v in self.files.items()},
             "attn_implementation": str(c._attn_implementation),
             "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
         }
