@@ -279,15 +279,17 @@ def normalize_reference_rows(sae: TopKSAE) -> None:
 
 def auxk_loss(sae: TopKSAE, x_c: torch.Tensor, pre: torch.Tensor, recon_c: torch.Tensor, dead: torch.Tensor,
               aux_k: int, total_var: float) -> torch.Tensor:
-    """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents' ReLU'd pre-activations,
-    decoded without bias, reconstruct the main error ``x - x_hat``; normalised MSE."""
+    """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents' pre-activations, decoded without
+    bias, reconstruct the main error ``x - x_hat``; normalised MSE."""
     n_dead = int(dead.sum())
     if n_dead == 0:
         return pre.new_zeros(())
     err = (x_c - recon_c).detach()
     masked = pre.masked_fill(~dead, float("-inf"))
-    z_aux = topk_relu(masked, min(aux_k, n_dead))
-    z_aux = torch.nan_to_num(z_aux, neginf=0.0)
+    top = torch.topk(masked, min(aux_k, n_dead), dim=-1)
+    # raw (not ReLU'd) values, as SAELens does: a dead latent whose pre-activation is negative
+    # everywhere would otherwise get no gradient at all and could never come back
+    z_aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
     err_hat = z_aux @ sae.W_dec
     return (err_hat - err).pow(2).sum(-1).mean() / total_var
 
