@@ -81,3 +81,12 @@ def test_corrupt_pickle_and_json(tmp_path):
         load_dictionary(tmp_path / "bad.json")
     with pytest.raises(InputError, match="missing.pkl"):
         load_dictionary(tmp_path / "missing.pkl")
+
+
+def test_numpy_1_pickles_load(tmp_path):
+    """Dictionaries pickled under numpy 1.x name ``numpy.core.multiarray.scalar``."""
+    data = pickle.dumps({"ENSG1": np.float64(0.75)}, protocol=2)
+    assert b"numpy._core.multiarray" in data or b"numpy.core.multiarray" in data
+    data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    (tmp_path / "old.pkl").write_bytes(data)
+    assert load_dictionary(tmp_path / "old.pkl") == {"ENSG1": 0.75}

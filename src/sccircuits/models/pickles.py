@@ -29,16 +29,27 @@ _ALLOWED_GLOBALS = {
 _PLAIN = (str, int, float, bool, type(None))
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes (latin-1 only)."""
+    if encoding.replace("-", "").replace("_", "").lower() != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that refuses every global except numpy scalar reconstruction."""
+    """An unpickler that refuses every global except numpy scalar reconstruction (and the
+    latin-1 byte strings of protocol-2 pickles)."""
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in _ALLOWED_GLOBALS:
-            import numpy  # noqa: F401 - make sure the module is importable
-
             import importlib
+            import warnings
 
-            return getattr(importlib.import_module(module), name)
+            with warnings.catch_warnings():  # numpy 2 warns on the numpy 1 module name
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return getattr(importlib.import_module(module), name)
         raise pickle.UnpicklingError(f"refused to load global '{module}.{name}'")
 
     def persistent_load(self, pid):  # noqa: D401 - pickle API
