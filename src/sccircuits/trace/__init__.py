@@ -1,0 +1,21 @@
+"""Causal circuit tracing: ablate SAE features and measure every downstream SAE feature.
+
+* :func:`trace` / :func:`merge` (``sccircuits trace`` / ``sccircuits merge``): the stage
+  (``stage.py``): inputs, cells, features, checkpointed blocks, shards, outputs.
+* :class:`TraceConfig` (``config.py``): every option.
+* :class:`AblationEngine` (``engine.py``): the exact batched ablations.
+* :class:`Accumulators` (``accumulators.py``): mergeable statistics (.npz).
+* :func:`build_tables` (``edges.py``): edges, per-feature summaries, noise floor.
+"""
+
+from __future__ import annotations
+
+from .accumulators import Accumulators, PairStats
+from .config import TraceConfig, parse_feature_spec
+from .edges import EDGE_COLUMNS, Thresholds, build_tables
+from .engine import AblationEngine, TracePlan
+from .stage import TraceResult, feature_frequencies, load_trace, merge, trace
+
+__all__ = ["trace", "merge", "load_trace", "TraceConfig", "TraceResult", "AblationEngine", "TracePlan",
+           "Accumulators", "PairStats", "Thresholds", "build_tables", "EDGE_COLUMNS", "parse_feature_spec",
+           "feature_frequencies"]

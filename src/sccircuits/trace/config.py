@@ -1,0 +1,114 @@
+"""Options of the trace stage (one dataclass, saved in the run manifest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check, option
+from ..errors import ConfigError
+
+SELECTIONS = ("richness", "frequency", "random")
+
+
+@dataclass
+class TraceConfig:
+    """Options of ``sccircuits trace``. ``compat="reference"`` reproduces the published
+    algorithm: it forces reference tokenization, fp32, the published thresholds, cap and
+    consistency definition, and a minimum of 2 cells per test."""
+
+    source_layers: list[int] | None = option(None, "source layers to ablate (default: every SAE layer with a later SAE)")
+    n_features: int = option(30, "source features per layer chosen by --selection")
+    features: str | None = option(None, "explicit source features, e.g. '0:309,460;5:12,80' (overrides --n-features)")
+    all_active: bool = option(False, "trace every feature of each source layer (memory grows with d_sae^2)")
+    selection: str = option("richness", "how to pick --n-features: richness (annotation), frequency or random")
+    min_frequency: float = option(0.01, "minimum activation frequency of a selected feature")
+    selection_seed: int = option(0, "seed of random selection")
+    n_cells: int = option(200, "cells traced (the first N, or a random N with --sample-seed)")
+    sample_seed: int | None = option(None, "sample the cells at random with this seed instead of taking the first N")
+    tokenization: str = option("official", "official or reference (published) tokenization")
+    gene_column: str | None = option(None, "var column with gene ids/symbols for the tokenizer (default: the run's extract option, else var_names)")
+    counts_layer: str | None = option(None, "AnnData layer holding raw counts (default: the run's extract option, else X)")
+    max_length: int | None = option(None, "tokens per cell (default: the run's extract option, else the model's limit)")
+    device: str = option("cpu", "torch device")
+    dtype: str = option("float32", "model dtype (float32, bfloat16, float16); SAEs always encode in float32")
+    batch_size: int = option(16, "ablated sequences per forward pass (bounds memory); also cells per clean pass")
+    encode_chunk: int = option(8192, "positions per SAE encode call (bounds memory)")
+    checkpoint_every: int = option(50, "cells per block: statistics are checkpointed after each block")
+    shard: str = option("0/1", "i/n: trace only the i-th of n contiguous parts of the cells (merge later)")
+    compat: str = option("none", "none, or 'reference' to reproduce the published algorithm exactly")
+    d_threshold: float = option(0.5, "edge if |cohen's d| > this")
+    consistency_threshold: float = option(0.7, "edge if consistency > this")
+    consistency_kind: str = option("reference", "which consistency the threshold uses: reference (zeros count as non-positive) or nonzero")
+    min_cells: int = option(3, "minimum cells where the source fires for a test")
+    max_q: float | None = option(None, "also require BH q <= this (default: no q filter)")
+    top_per_layer: int = option(50, "published cap: top N edges by |d| per (source feature, target layer); 0 = uncapped")
+    null_ablation: bool = option(True, "also ablate a random direction of equal norm (noise floor)")
+    null_seed: int = option(0, "seed of the null directions")
+    model_name: str | None = option(None, "value of the 'model' column (default: the model kind)")
+
+    def __post_init__(self) -> None:
+        check(self.compat in ("none", "reference"), f"compat must be 'none' or 'reference', got {self.compat!r}")
+        if self.compat == "reference":
+            self.tokenization = "reference"
+            self.dtype = "float32"
+            self.d_threshold, self.consistency_threshold, self.consistency_kind = 0.5, 0.7, "reference"
+            self.top_per_layer, self.min_cells, self.max_q = 50, 2, None
+        check(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        check(self.tokenization in ("official", "reference"), f"tokenization must be official or reference, got {self.tokenization!r}")
+        check(self.dtype in ("float32", "bfloat16", "float16"), f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        check(self.consistency_kind in ("reference", "nonzero"), "consistency_kind must be reference or nonzero")
+        check(self.n_features >= 1, "n_features must be >= 1")
+        check(self.n_cells >= 1, "n_cells must be >= 1")
+        check(self.batch_size >= 1, "batch_size must be >= 1")
+        check(self.encode_chunk >= 1, "encode_chunk must be >= 1")
+        check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        check(self.min_cells >= 2, "min_cells must be >= 2 (a standard deviation needs two cells)")
+        check(self.top_per_layer >= 0, "top_per_layer must be >= 0 (0 = uncapped)")
+        check(0.0 <= self.consistency_threshold <= 1.0, "consistency_threshold must be in [0, 1]")
+        check(self.d_threshold >= 0, "d_threshold must be >= 0")
+        check(self.max_q is None or 0 < self.max_q <= 1, "max_q must be in (0, 1]")
+        check(not (self.features and self.all_active), "give either features or all_active, not both")
+        if self.source_layers is not None:
+            self.source_layers = sorted({int(x) for x in self.source_layers})
+        _parse_shard(self.shard)  # validates the shard string
+
+    @property
+    def shard_index(self) -> int:
+        return _parse_shard(self.shard)[0]
+
+    @property
+    def n_shards(self) -> int:
+        return _parse_shard(self.shard)[1]
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ConfigError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def parse_feature_spec(text: str) -> dict[int, list[int]]:
+    """'0:309,460;5:12,80' -> {0: [309, 460], 5: [12, 80]} (a clear error otherwise)."""
+    out: dict[int, list[int]] = {}
+    for part in str(text).replace(" ", "").split(";"):
+        if not part:
+            continue
+        try:
+            layer, feats = part.split(":")
+            ids = [int(x) for x in feats.split(",") if x != ""]
+            layer_i = int(layer)
+        except ValueError:
+            raise ConfigError(f"features: cannot parse {part!r}; expected 'LAYER:F1,F2;LAYER:F3'") from None
+        if not ids:
+            raise ConfigError(f"features: layer {layer} lists no feature ids")
+        if any(i < 0 for i in ids):
+            raise ConfigError(f"features: negative feature id in {part!r}")
+        out.setdefault(layer_i, [])
+        out[layer_i] = sorted(set(out[layer_i]) | set(ids))
+    if not out:
+        raise ConfigError("features: empty specification")
+    return out

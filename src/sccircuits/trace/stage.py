@@ -1,0 +1,370 @@
+"""The trace stage: inputs, cells, features, blocks (checkpoints), shards, merge and outputs.
+
+Work is split into *blocks* of ``checkpoint_every`` consecutive traced cells. Each block's
+statistics are computed from scratch (:meth:`AblationEngine.run_cells`) and written atomically
+to ``OUT/trace/blocks/block_NNNNN.npz``; the final statistics are the blocks folded in block
+order. Hence:
+
+* resume: blocks already on disk (same fingerprint) are skipped, and a run killed at any moment
+  resumes to exactly the same result;
+* ``shard i/n``: a shard computes a contiguous range of blocks and stops; ``merge`` folds the
+  blocks of all shards in block order, which is bit-for-bit what a single run does.
+
+Outputs in ``OUT/trace/``: ``edges.parquet``, ``features.parquet``, ``null.parquet``,
+``accumulators.npz`` (the merged statistics), and the manifest stage ``trace``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, InputError
+from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from .accumulators import Accumulators
+from .config import TraceConfig, parse_feature_spec
+from .edges import Thresholds, build_tables
+
+STAGE = "trace"
+META = "trace_meta.json"
+
+
+@dataclass
+class TraceResult:
+    """What :func:`trace` / :func:`merge` produced (tables are None for an unfinished shard)."""
+
+    out: Path
+    edges: pd.DataFrame | None
+    features: pd.DataFrame | None
+    null: pd.DataFrame | None
+    metrics: dict
+
+
+# ----------------------------------------------------------------------------- inputs
+def _resolve_inputs(run, model, data, saes, annotation, out) -> dict:
+    """Paths of model, data, SAEs, annotation run and output run, from a run dir and/or flags."""
+    info = {"model": model, "data": data, "saes": saes, "annotation": annotation, "tokenize": {}}
+    if run is not None:
+        rd = RunDir(run, create=False)
+        ext = rd.stage("extract")
+        if ext:
+            info["model"] = info["model"] or ext.get("model_path")
+            info["data"] = info["data"] or ext.get("data_path")
+            c = ext.get("config", {})
+            for key, opt in (("gene_column", "gene_column"), ("counts_layer", "layer"), ("max_length", "max_length")):
+                if c.get(key) is not None:
+                    info["tokenize"][opt] = c[key]
+        if info["saes"] is None:
+            info["saes"] = rd.path
+        if info["annotation"] is None and rd.is_complete("annotate"):
+            info["annotation"] = rd.path
+        out = out or rd.path
+    missing = [k for k in ("model", "data", "saes") if info[k] is None]
+    if missing:
+        raise ConfigError(f"trace needs --run RUN or all of --model, --data, --saes (missing: {', '.join(missing)})")
+    if out is None:
+        raise ConfigError("trace needs --out DIR (a run directory) when no --run is given")
+    info["out"] = Path(out)
+    return info
+
+
+def _check_saes(saes: dict, adapter, saes_path) -> None:
+    for layer, sae in saes.items():
+        if int(sae.d_in) != int(adapter.d_model):
+            raise InputError(saes_path, f"SAE of layer {layer} has d_in {sae.d_in} but the model has d_model "
+                                        f"{adapter.d_model} (SAE trained on another model?)")
+        if not 0 <= layer < adapter.n_layers:
+            raise InputError(saes_path, f"SAE for layer {layer} but the model has layers 0..{adapter.n_layers - 1}")
+
+
+def _source_layers(cfg: TraceConfig, saes: dict, spec: dict | None, saes_path) -> dict[int, list[int]]:
+    """Source layer -> downstream layers (later layers with an SAE), with clear errors."""
+    have = sorted(saes)
+    if cfg.source_layers is not None:
+        sources = list(cfg.source_layers)
+        if spec:
+            extra = sorted(set(spec) - set(sources))
+            if extra:
+                raise ConfigError(f"features name layer(s) {extra} that are not in --source-layers {sources}")
+    elif spec:
+        sources = sorted(spec)
+    else:
+        sources = have[:-1]
+    no_sae = [s for s in sources if s not in saes]
+    if no_sae:
+        raise InputError(saes_path, f"no SAE for source layer(s) {no_sae} (SAEs exist for layers {have})")
+    targets = {s: [t for t in have if t > s] for s in sources}
+    last = [s for s, ts in targets.items() if not ts]
+    if last:
+        raise InputError(saes_path, f"source layer(s) {last} have no later layer with an SAE to measure "
+                                    f"(SAEs exist for layers {have})")
+    if not targets:
+        raise ConfigError("no source layer to trace (need SAEs at two layers or more)")
+    return targets
+
+
+def _select_cells(adapter, data_path, cfg: TraceConfig, tokenize_opts: dict):
+    from ..activations import select_cells
+    from ..data import read_cells
+
+    adata = read_cells(data_path)
+    rows = select_cells(adata.n_obs, cfg.n_cells, cfg.sample_seed)
+    sub = adata[rows].copy() if len(rows) < adata.n_obs else adata
+    cells = adapter.tokenize(sub, mode=cfg.tokenization, source=str(data_path), **tokenize_opts)
+    if len(cells) == 0:
+        raise InputError(data_path, "no cell could be tokenized (no gene matched the model's vocabulary)")
+    cells.cell_index = rows[np.asarray(cells.cell_index, dtype=np.int64)]
+    return cells
+
+
+def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_size: int, progress: bool = True) -> dict[int, np.ndarray]:
+    """Fraction of gene positions of ``cells`` where each SAE feature fires, per layer (one clean pass)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..models.base import length_batches
+
+    counts = {l: torch.zeros(saes[l].d_sae, dtype=torch.float64) for l in layers}
+    total = 0
+    with torch.inference_mode():
+        for idx in tqdm(list(length_batches(cells, batch_size)), desc="feature frequencies", disable=not progress):
+            batch = adapter.batch(cells, idx)
+            hs = adapter.hidden_states(batch, layers)
+            gm = batch.gene_mask.to(adapter.device)
+            total += int(gm.sum())
+            for l in layers:
+                sae = saes[l].to(adapter.device)
+                counts[l] += (sae.encode(hs[l][gm].float()) > 0).sum(0).double().cpu()
+    return {l: (c / max(total, 1)).numpy() for l, c in counts.items()}
+
+
+def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dict | None, annotation,
+                     adapter, cells, progress: bool) -> dict[int, np.ndarray]:
+    from ..annotate.labels import select_from_catalog
+
+    if spec:
+        out = {}
+        for s in sources:
+            ids = spec.get(s, [])
+            bad = [f for f in ids if f >= saes[s].d_sae]
+            if bad:
+                raise ConfigError(f"unknown feature id(s) {bad} for layer {s}: its SAE has features 0..{saes[s].d_sae - 1}")
+            if not ids:
+                raise ConfigError(f"--features lists no feature for source layer {s}")
+            out[s] = np.asarray(ids, np.int64)
+        return out
+    if cfg.all_active:
+        return {s: np.arange(saes[s].d_sae, dtype=np.int64) for s in sources}
+    if annotation is not None:
+        from ..annotate import load_annotation
+
+        catalogs, _ = load_annotation(annotation)
+        missing = [s for s in sources if s not in catalogs]
+        if missing:
+            raise InputError(annotation, f"layer(s) {missing} were not annotated; cannot select features there")
+        return {s: np.asarray(sorted(select_from_catalog(catalogs[s], cfg.selection, cfg.n_features, cfg.selection_seed,
+                                                         min_freq=cfg.min_frequency)), np.int64) for s in sources}
+    if cfg.selection == "richness":
+        warnings.warn("no annotation available: selecting source features by activation frequency on the traced "
+                      "cells instead of annotation richness", stacklevel=3)
+    freq = feature_frequencies(adapter, saes, cells, sources, cfg.batch_size, progress)
+    out = {}
+    for s in sources:
+        cat = pd.DataFrame({"feature": np.arange(len(freq[s])), "fire_count": (freq[s] > 0).astype(int),
+                            "activation_freq": freq[s]})
+        method = "frequency" if cfg.selection == "richness" else cfg.selection
+        out[s] = np.asarray(sorted(select_from_catalog(cat, method, cfg.n_features, cfg.selection_seed,
+                                                       min_freq=cfg.min_frequency)), np.int64)
+    return out
+
+
+def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_path) -> str:
+    """Everything a block's numbers depend on; blocks of different fingerprints never mix."""
+    key = {"features": {str(s): f.tolist() for s, f in features.items()}, "targets": {str(s): t for s, t in targets.items()},
+           "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(),
+           "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
+           **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
+                                            "checkpoint_every", "null_ablation", "null_seed")}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _block_path(trace_dir: Path, b: int) -> Path:
+    return trace_dir / "blocks" / f"block_{b:05d}.npz"
+
+
+def _load_block(path: Path, fingerprint: str) -> Accumulators | None:
+    acc, extra = Accumulators.load(path)
+    if str(extra.get("fingerprint")) != fingerprint:
+        raise InputError(path, "checkpoint of a different trace (other cells, features or options); "
+                               "use another --out or delete the trace/blocks folder")
+    return acc
+
+
+# ----------------------------------------------------------------------------- trace
+def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
+          config: TraceConfig | None = None, progress: bool = True, **options) -> TraceResult:
+    """Trace causal edges between SAE features (method notes §5).
+
+    ``run``: a run directory (model, data and SAEs are taken from its extract / SAE stages,
+    feature labels and selection from its annotation). Or explicit ``model`` (checkpoint dir),
+    ``data`` (.h5ad), ``saes`` (our layout or bio-sae) and ``out`` (the run dir receiving
+    ``trace/``). ``config`` or keyword ``options`` set :class:`TraceConfig`.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..models import load_model
+    from ..sae import load_saes
+    from .engine import AblationEngine, TracePlan
+
+    cfg = config if config is not None else TraceConfig(**options)
+    t_start = time.time()
+    info = _resolve_inputs(run, model, data, saes, annotation, out)
+    spec = parse_feature_spec(cfg.features) if cfg.features else None
+    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
+    all_saes = load_saes(info["saes"], device=cfg.device)
+    _check_saes(all_saes, adapter, info["saes"])
+    targets = _source_layers(cfg, all_saes, spec, info["saes"])
+    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
+                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
+                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
+    cells = _select_cells(adapter, info["data"], cfg, tok_opts)
+    features = _choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
+    fp = _fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
+
+    rd = RunDir(info["out"])
+    trace_dir = rd.path / STAGE
+    n_blocks = -(-len(cells) // cfg.checkpoint_every)
+    i, n = cfg.shard_index, cfg.n_shards
+    blocks = list(range(i * n_blocks // n, (i + 1) * n_blocks // n))
+    stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
+    meta = {"fingerprint": fp, "n_blocks": n_blocks, "config": to_dict(cfg), "model_kind": adapter.kind,
+            "model_name": cfg.model_name or adapter.kind, "annotation": None if info["annotation"] is None else str(info["annotation"]),
+            "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
+            "features": {str(s): f.tolist() for s, f in features.items()}}
+    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
+    atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
+
+    plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
+    engine = AblationEngine(adapter, all_saes, plan)
+    todo = [b for b in blocks if not _block_path(trace_dir, b).is_file()]
+    for b in blocks:
+        if b not in todo:
+            _load_block(_block_path(trace_dir, b), fp)  # fingerprint check
+    size = lambda b: min((b + 1) * cfg.checkpoint_every, len(cells)) - b * cfg.checkpoint_every  # noqa: E731
+    torch.manual_seed(0)
+    with tqdm(total=sum(size(b) for b in blocks), initial=sum(size(b) for b in blocks if b not in todo),
+              desc=f"trace cells (shard {i}/{n})" if n > 1 else "trace cells", unit="cell", disable=not progress) as bar:
+        for b in todo:
+            t0 = time.time()
+            idx = list(range(b * cfg.checkpoint_every, b * cfg.checkpoint_every + size(b)))
+            acc = engine.run_cells(cells, idx, progress=bar)
+            acc.counters["compute_ms"] = int(round((time.time() - t0) * 1000))
+            acc.save(_block_path(trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
+    if n > 1:
+        metrics = {"blocks": blocks, "n_blocks": n_blocks, "wall_s": round(time.time() - t_start, 3)}
+        rd.complete_stage(stage, [str((_block_path(trace_dir, b)).relative_to(rd.path)) for b in blocks], metrics)
+        return TraceResult(rd.path, None, None, None, metrics)
+    return _finish(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+
+
+# ----------------------------------------------------------------------------- merge
+def merge(shard_dirs, out=None, progress: bool = True) -> TraceResult:
+    """Merge the blocks of shard runs (``--shard i/n``) into the final trace tables.
+
+    ``shard_dirs``: run directories (or their ``trace/`` folders) that hold shards of one trace
+    (same cells, features and options); ``out``: run directory for the result (default: the
+    first one). Every block must be present exactly as a single run would have computed it.
+    """
+    t_start = time.time()
+    dirs = [Path(d) for d in ([shard_dirs] if isinstance(shard_dirs, (str, os.PathLike)) else shard_dirs)]
+    trace_dirs = [d if d.name == STAGE and not (d / STAGE).is_dir() else d / STAGE for d in dirs]
+    metas = []
+    for td in trace_dirs:
+        files = sorted(td.glob("trace_meta*.json"))
+        if not files:
+            raise InputError(td, "no trace metadata (trace_meta*.json): not a trace shard directory")
+        metas += [read_json(f) for f in files]
+    fps = {m["fingerprint"] for m in metas}
+    if len(fps) != 1:
+        raise InputError(trace_dirs[0], f"shards come from different traces (fingerprints {sorted(fps)}); "
+                                        "they must use the same cells, features and options")
+    meta = metas[0]
+    cfg = from_dict(TraceConfig, {**meta["config"], "shard": "0/1"})
+    rd = RunDir(out if out is not None else trace_dirs[0].parent)
+    rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
+    return _finish(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
+
+
+def _fold_blocks(trace_dirs: list[Path], meta: dict, progress: bool = True) -> Accumulators:
+    total = None
+    for b in range(meta["n_blocks"]):
+        path = next((p for p in (_block_path(td, b) for td in trace_dirs) if p.is_file()), None)
+        if path is None:
+            raise InputError(trace_dirs[0], f"block {b} of {meta['n_blocks']} is missing: a shard has not "
+                                            "finished (run it, then merge again)")
+        acc = _load_block(path, meta["fingerprint"])
+        total = acc if total is None else total.merge(acc)
+    return total
+
+
+def _finish(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfig, t_start: float, cleanup: bool) -> TraceResult:
+    """Fold all blocks, write the tables and complete the manifest stage."""
+    total = _fold_blocks(trace_dirs, meta)
+    never = {s: total.features[s][total.active[s] == 0].tolist() for s in total.features}
+    never = {s: f for s, f in never.items() if f}
+    n_feat = sum(len(f) for f in total.features.values())
+    if sum(len(f) for f in never.values()) == n_feat:
+        raise InputError(meta["inputs"]["data"], f"none of the {n_feat} source features fires in any of the "
+                                                 f"{meta['n_cells']} traced cells; nothing to trace")
+    if never:
+        warnings.warn("source features that fire in no traced cell (no edges possible): "
+                      + "; ".join(f"layer {s}: {f}" for s, f in never.items()), stacklevel=2)
+    catalogs = None
+    if meta.get("annotation"):
+        from ..annotate import load_annotation
+
+        catalogs, _ = load_annotation(meta["annotation"])
+    edges, features, null = build_tables(total, Thresholds.from_config(cfg), meta["model_name"], catalogs)
+    td = rd.path / STAGE
+    total.save(td / "accumulators.npz", fingerprint=np.asarray(meta["fingerprint"]))
+    for name, df in (("edges", edges), ("features", features), ("null", null)):
+        buf = __import__("io").BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(td / f"{name}.parquet", buf.getvalue())
+    c = total.counters
+    compute_s = c.get("compute_ms", 0) / 1000
+    metrics = {
+        "n_cells": meta["n_cells"], "n_source_features": n_feat,
+        "source_features": meta["features"], "features_never_fired": {str(s): f for s, f in never.items()},
+        "clean_forward_passes": c.get("clean_forward_passes", 0),
+        "ablation_forward_passes": c.get("ablation_forward_passes", 0),
+        "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
+        "ablated_sequences": c.get("ablated_sequences", 0),
+        "compute_s": round(compute_s, 3), "wall_s": round(time.time() - t_start, 3),
+        "ablations_per_s": round(c.get("ablations", 0) / compute_s, 3) if compute_s > 0 else None,
+        "n_tests": int(sum(features["n_tests"])) if len(features) else 0,
+        "n_edges": int(len(edges)), "n_edges_in_cap": int(edges["in_cap"].sum()) if len(edges) else 0,
+    }
+    outputs = [f"{STAGE}/{x}" for x in ("edges.parquet", "features.parquet", "null.parquet", "accumulators.npz")]
+    rd.complete_stage(STAGE, outputs, metrics)
+    if cleanup:
+        shutil.rmtree(td / "blocks", ignore_errors=True)
+    return TraceResult(rd.path, edges, features, null, metrics)
+
+
+def load_trace(run) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(edges, features, null) tables of a run whose trace stage completed."""
+    rd = RunDir(run, create=False)
+    rd.require(STAGE)
+    return tuple(pd.read_parquet(rd.path / STAGE / f"{n}.parquet") for n in ("edges", "features", "null"))
