@@ -138,83 +138,6 @@ def pretrain_demo_cmd(
               f"frequency baseline {ev['frequency_baseline']:.4f} -> {report['path']}")
 
 
-# --- activations and SAEs (issue 4; sccircuits.activations, sccircuits.sae) ---
-@app.command("extract")
-def extract_cmd(
-    model: Path = typer.Option(..., "--model", help="model directory (Geneformer or scGPT)"),
-    data: Path = typer.Option(..., "--data", help="cells .h5ad with raw counts"),
-    out: Path = typer.Option(..., "--out", help="run directory (activations go to OUT/activations/)"),
-    layers: str = typer.Option("all", "--layers", help="'all' or comma-separated 0-based layers, e.g. 0,5,11"),
-    n_cells: Optional[int] = typer.Option(None, "--n-cells", help="number of cells (without --sample-seed: "
-                                          "the first N in file order)"),
-    sample_seed: Optional[int] = typer.Option(None, "--sample-seed", help="draw --n-cells cells at random"),
-    stratify_by: Optional[str] = typer.Option(None, "--stratify-by", help="obs column to sample within"),
-    dtype: str = typer.Option("float16", "--dtype", help="storage dtype: float16 or float32"),
-    tokenization: str = typer.Option("official", "--tokenization", help="official or reference (published)"),
-    batch_size: int = typer.Option(8, "--batch-size", help="cells per forward pass"),
-    device: str = typer.Option("cpu", "--device", help="torch device"),
-    gene_column: Optional[str] = typer.Option(None, "--gene-column", help="var column with gene ids/symbols"),
-    counts_layer: Optional[str] = typer.Option(None, "--counts-layer", help="AnnData layer with raw counts"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace activations extracted with other options"),
-) -> None:
-    """Residual activations at every gene position of the chosen layers, streamed to disk (resumable)."""
-    from .activations import ExtractConfig, extract
-
-    cfg = ExtractConfig(layers=layers, n_cells=n_cells, sample_seed=sample_seed, stratify_by=stratify_by,
-                        dtype=dtype, tokenization=tokenization, batch_size=batch_size, device=device,
-                        gene_column=gene_column, counts_layer=counts_layer)
-    store = extract(out, model, data, cfg, overwrite=overwrite)
-    print(f"{len(store.cells())} cells, {store.n_positions} gene positions x {len(store.layers)} layers "
-          f"(d_model {store.d_model}) -> {store.path}")
-
-
-@app.command("train-sae")
-def train_sae_cmd(
-    run: Path = typer.Option(..., "--run", help="run directory with extracted activations"),
-    layers: str = typer.Option("all", "--layers", help="'all' or comma-separated layers"),
-    expansion: int = typer.Option(4, "--expansion", help="d_sae = expansion x d_model"),
-    k: int = typer.Option(32, "--k", help="active latents per position"),
-    max_positions: Optional[int] = typer.Option(None, "--max-positions", help="train on a random subsample"),
-    epochs: int = typer.Option(5, "--epochs", help="passes over the training positions"),
-    batch_size: int = typer.Option(4096, "--batch-size", help="positions per step"),
-    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate"),
-    seed: int = typer.Option(0, "--seed", help="random seed"),
-    recipe: str = typer.Option("ours", "--recipe", help="ours, or reference (the published recipe, flaws included)"),
-    holdout_fraction: float = typer.Option(0.1, "--holdout-fraction", help="fraction of cells held out"),
-    device: str = typer.Option("cpu", "--device", help="torch device"),
-) -> None:
-    """Train one TopK SAE per layer (SAELens layout in RUN/saes/layerNN/) and report held-out quality."""
-    from .sae.train import SAETrainConfig, train_saes
-
-    cfg = SAETrainConfig(layers=layers, expansion=expansion, k=k, max_positions=max_positions, epochs=epochs,
-                         batch_size=batch_size, lr=lr, seed=seed, recipe=recipe,
-                         holdout_fraction=holdout_fraction, device=device)
-    train_saes(run, cfg)
-    from .rundir import RunDir
-
-    for name, m in RunDir(run, create=False).stage("train-sae")["metrics"].items():
-        if name.startswith("layer"):
-            print(f"{name}: variance explained {m['variance_explained']:.1%}, L0 {m['l0']:.1f}, "
-                  f"dead {m['dead']}/{m['d_sae']} ({m['dead_fraction']:.1%})")
-
-
-@app.command("import-sae")
-def import_sae_cmd(
-    src: Path = typer.Argument(..., help="directory of published checkpoints (layerNN_x4_k32/sae_final.pt)"),
-    out: Path = typer.Option(..., "--out", help="output SAE directory (layerNN/ in SAELens layout), "
-                             "e.g. RUN/saes"),
-    fmt: str = typer.Option("bio-sae", "--format", help="checkpoint format (only bio-sae)"),
-) -> None:
-    """Convert published bio-sae SAE checkpoints to our layout (encoding exactly as published)."""
-    from .errors import ConfigError
-    from .sae.io import import_bio_sae
-
-    if fmt != "bio-sae":
-        raise ConfigError(f"--format must be bio-sae, got {fmt!r}")
-    for layer, path in import_bio_sae(src, out).items():
-        print(f"layer {layer} -> {path}")
-
-
 # --- gene-level predictions and CRISPRi validation (issue 8; sccircuits.validate) ---
 def _predict_cfg(top_genes: int, uncapped: bool, min_edges: int, min_max_abs_d: float,
                  string_pairs: Optional[Path], trrust: Optional[Path], go_gmt: Optional[Path],
@@ -347,6 +270,183 @@ def annotate_cmd(
     for layer, m in metrics["layers"].items():
         print(f"layer {int(layer):2d}: {m['n_alive']} alive features, {m['annotation_rate']:.1%} annotated, "
               f"{m['label_rate']:.1%} with a {metrics['label_library']} label")
+
+
+# --- activations and SAEs (issue 4; sccircuits.activations, sccircuits.sae) ---
+@app.command("extract")
+def extract_cmd(
+    model: Path = typer.Option(..., "--model", help="model directory (Geneformer or scGPT)"),
+    data: Path = typer.Option(..., "--data", help="cells .h5ad with raw counts"),
+    out: Path = typer.Option(..., "--out", help="run directory (activations go to OUT/activations/)"),
+    layers: str = typer.Option("all", "--layers", help="'all' or comma-separated 0-based layers, e.g. 0,5,11"),
+    n_cells: Optional[int] = typer.Option(None, "--n-cells", help="number of cells (without --sample-seed: "
+                                          "the first N in file order)"),
+    sample_seed: Optional[int] = typer.Option(None, "--sample-seed", help="draw --n-cells cells at random"),
+    stratify_by: Optional[str] = typer.Option(None, "--stratify-by", help="obs column to sample within"),
+    dtype: str = typer.Option("float16", "--dtype", help="storage dtype: float16 or float32"),
+    tokenization: str = typer.Option("official", "--tokenization", help="official or reference (published)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="cells per forward pass"),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+    gene_column: Optional[str] = typer.Option(None, "--gene-column", help="var column with gene ids/symbols"),
+    counts_layer: Optional[str] = typer.Option(None, "--counts-layer", help="AnnData layer with raw counts"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace activations extracted with other options"),
+) -> None:
+    """Residual activations at every gene position of the chosen layers, streamed to disk (resumable)."""
+    from .activations import ExtractConfig, extract
+
+    cfg = ExtractConfig(layers=layers, n_cells=n_cells, sample_seed=sample_seed, stratify_by=stratify_by,
+                        dtype=dtype, tokenization=tokenization, batch_size=batch_size, device=device,
+                        gene_column=gene_column, counts_layer=counts_layer)
+    store = extract(out, model, data, cfg, overwrite=overwrite)
+    print(f"{len(store.cells())} cells, {store.n_positions} gene positions x {len(store.layers)} layers "
+          f"(d_model {store.d_model}) -> {store.path}")
+
+
+@app.command("train-sae")
+def train_sae_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory with extracted activations"),
+    layers: str = typer.Option("all", "--layers", help="'all' or comma-separated layers"),
+    expansion: int = typer.Option(4, "--expansion", help="d_sae = expansion x d_model"),
+    k: int = typer.Option(32, "--k", help="active latents per position"),
+    max_positions: Optional[int] = typer.Option(None, "--max-positions", help="train on a random subsample"),
+    epochs: int = typer.Option(5, "--epochs", help="passes over the training positions"),
+    batch_size: int = typer.Option(4096, "--batch-size", help="positions per step"),
+    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    recipe: str = typer.Option("ours", "--recipe", help="ours, or reference (the published recipe, flaws included)"),
+    holdout_fraction: float = typer.Option(0.1, "--holdout-fraction", help="fraction of cells held out"),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+) -> None:
+    """Train one TopK SAE per layer (SAELens layout in RUN/saes/layerNN/) and report held-out quality."""
+    from .sae.train import SAETrainConfig, train_saes
+
+    cfg = SAETrainConfig(layers=layers, expansion=expansion, k=k, max_positions=max_positions, epochs=epochs,
+                         batch_size=batch_size, lr=lr, seed=seed, recipe=recipe,
+                         holdout_fraction=holdout_fraction, device=device)
+    train_saes(run, cfg)
+    from .rundir import RunDir
+
+    for name, m in RunDir(run, create=False).stage("train-sae")["metrics"].items():
+        if name.startswith("layer"):
+            print(f"{name}: variance explained {m['variance_explained']:.1%}, L0 {m['l0']:.1f}, "
+                  f"dead {m['dead']}/{m['d_sae']} ({m['dead_fraction']:.1%})")
+
+
+@app.command("import-sae")
+def import_sae_cmd(
+    src: Path = typer.Argument(..., help="directory of published checkpoints (layerNN_x4_k32/sae_final.pt)"),
+    out: Path = typer.Option(..., "--out", help="output SAE directory (layerNN/ in SAELens layout), "
+                             "e.g. RUN/saes"),
+    fmt: str = typer.Option("bio-sae", "--format", help="checkpoint format (only bio-sae)"),
+) -> None:
+    """Convert published bio-sae SAE checkpoints to our layout (encoding exactly as published)."""
+    from .errors import ConfigError
+    from .sae.io import import_bio_sae
+
+    if fmt != "bio-sae":
+        raise ConfigError(f"--format must be bio-sae, got {fmt!r}")
+    for layer, path in import_bio_sae(src, out).items():
+        print(f"layer {layer} -> {path}")
+
+
+# --- analyses and comparison (issue 7; sccircuits.analysis) ---
+@app.command("analyze")
+def analyze_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory (trace complete; annotate complete for coherence)"),
+    permutations: int = typer.Option(1000, "--permutations", help="draws of the coherence null"),
+    seed: int = typer.Option(0, "--seed", help="seed of the coherence null"),
+    libraries: str = typer.Option("go,kegg,reactome", "--libraries",
+                                  help="library name prefixes counted for coherence (STRING/TRRUST never count)"),
+    n_layers: Optional[int] = typer.Option(None, "--n-layers", help="model layers for relative depth (default: inferred)"),
+    gene_sets: Optional[Path] = typer.Option(None, "--gene-sets", help="GMT of domain term genes for novel relations"),
+    no_graphml: bool = typer.Option(False, "--no-graphml", help="skip the GraphML circuit graph"),
+) -> None:
+    """Counts, effect sizes, sign balance, attenuation, hubs, coherence (+null), hierarchy, novelty, GraphML."""
+    from .analysis import AnalyzeConfig, analyze
+
+    cfg = AnalyzeConfig(n_perm=permutations, seed=seed, libraries=[x.strip() for x in libraries.split(",") if x.strip()],
+                        n_layers=n_layers, gene_sets=None if gene_sets is None else str(gene_sets), graphml=not no_graphml)
+    s = analyze(run, cfg)
+    for es in ("all", "capped"):
+        x = s[es]
+        neg = x["sign_balance"]["d_negative"]
+        line = (f"{es:6s}: {x['n_edges']} edges, {x['n_targets']} targets, mean |d| {x['mean_abs_d']:.2f}, "
+                f"{neg['frac']:.1%} d<0 (source supports target; paper: inhibitory)")
+        c = x["coherence"]
+        if c.get("coherence") is not None:
+            line += f", coherence {c['coherence']:.1%} ({c['fold_enrichment']:.2f}x null, p={c['p_value']:.3g})"
+        print(line)
+    print(f"written to {Path(run) / 'analysis'}")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="run directories to compare"),
+    groups: Optional[str] = typer.Option(None, "--groups", help="e.g. 'geneformer=RUN_A,RUN_C;scgpt=RUN_B' "
+                                         "(run names or paths; default: group by model)"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    permutations: int = typer.Option(1000, "--permutations", help="draws of the label-permutation null"),
+    rewirings: int = typer.Option(1000, "--rewirings", help="draws of the degree-preserving rewiring null"),
+    seed: int = typer.Option(42, "--seed", help="seed of both nulls"),
+    edge_sets: str = typer.Option("all,capped", "--edge-sets", help="all (uncapped) and/or capped"),
+    contrast: list[str] = typer.Option([], "--contrast", help="tissue contrast FOCUS:BASELINE (repeatable)"),
+    gene_sets: Optional[Path] = typer.Option(None, "--gene-sets", help="GMT of domain term genes for novel relations"),
+    disease_gmt: Optional[Path] = typer.Option(None, "--disease-gmt", help="independent disease gene sets "
+                                               "(default: compat keyword categories from GO names)"),
+) -> None:
+    """Comparison table, cross-model consensus with two nulls, novelty, hierarchy, tissue and disease tests."""
+    from .analysis import CompareConfig, compare
+
+    cfg = CompareConfig(n_perm=permutations, n_rewire=rewirings, seed=seed,
+                        edge_sets=[x.strip() for x in edge_sets.split(",") if x.strip()], contrasts=list(contrast),
+                        gene_sets=None if gene_sets is None else str(gene_sets),
+                        disease_gmt=None if disease_gmt is None else str(disease_gmt))
+    r = compare(runs, groups, out, cfg)
+    for es, c in r["consensus"].items():
+        if "n_consensus" not in c:
+            print(f"{es}: {c['note']}")
+            continue
+        lab, rew = c["label_permutation_null"], c["rewiring_null"]
+        print(f"{es}: {c['n_consensus']} consensus pairs ({c['n_high_confidence']} high-confidence); "
+              f"label permutation {lab['fold_enrichment']:.2f}x (p={lab['p_value']:.3g}), "
+              f"rewiring {rew['fold_enrichment']:.2f}x (p={rew['p_value']:.3g})")
+    print(f"written to {out}")
+
+
+# --- demo and report (issue 9) ---
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("sccircuits-demo"), "--out", help="output directory (reruns reuse finished stages)"),
+    models: str = typer.Option("geneformer,scgpt", help="demo models: geneformer, scgpt or both"),
+    n_cells: Optional[int] = typer.Option(None, help="cells for activations and SAEs (default: all 700)"),
+    trace_cells: int = typer.Option(120, help="cells traced per model"),
+    n_features: int = typer.Option(8, help="source features per source layer"),
+    source_layers: str = typer.Option("first,middle", help="'first,middle' or explicit layers, e.g. '0,2'"),
+    sae_epochs: int = typer.Option(8, help="SAE training epochs"),
+    perturbations: Optional[Path] = typer.Option(None, help="Perturb-seq .h5ad to validate against"),
+    n_perm: int = typer.Option(200, help="permutations of the coherence and consensus nulls"),
+) -> None:
+    """Whole pipeline on the bundled PBMC cells with both demo models; writes OUT/report.html."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(models=models, n_cells=n_cells, trace_cells=trace_cells, n_features=n_features,
+                     source_layers=source_layers, sae_epochs=sae_epochs,
+                     perturbations=None if perturbations is None else str(perturbations), n_perm=n_perm)
+    print(run_demo(out, cfg))
+
+
+@app.command("report")
+def report_cmd(
+    run: list[Path] = typer.Option(..., "--run", help="run directory (repeat for several conditions)"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="output directory of `sccircuits compare`"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: RUN/report.html)"),
+    top_circuits: int = typer.Option(25, help="strongest annotated edges listed"),
+    capped: bool = typer.Option(False, help="use only the published top-N-capped edges"),
+) -> None:
+    """Write one self-contained HTML report (figures embedded) of runs and a comparison."""
+    from .report import ReportConfig, build_report
+
+    print(build_report(run, compare=compare, out=out, cfg=ReportConfig(top_circuits=top_circuits, capped=capped)))
 
 
 # --- end of commands ---

@@ -1,0 +1,140 @@
+"""The one-command demo: the whole pipeline on the bundled PBMC cells with both demo models.
+
+``run_demo(out)`` does, for each shipped demo model (Geneformer- and scGPT-architecture,
+trained by sccircuits on the 700 PBMCs): extract -> train-sae -> annotate (shipped GO BP sets)
+-> trace -> analyze; then compares the two models (cross-model consensus), validates against a
+Perturb-seq screen when one is given, and writes ``OUT/report.html``. Each stage is skipped
+when the run already holds a completed stage with the same options, so rerunning is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import check, option, to_dict
+from .rundir import RunDir
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``sccircuits demo``."""
+
+    models: str = option("geneformer,scgpt", "demo models to run (comma-separated: geneformer, scgpt)")
+    n_cells: int | None = option(None, "cells used for activations and SAEs (default: all 700)")
+    trace_cells: int = option(120, "cells traced per model")
+    n_features: int = option(8, "source features per source layer (chosen by annotation richness)")
+    source_layers: str = option("first,middle", "source layers: 'first,middle' or explicit, e.g. '0,2'")
+    sae_epochs: int = option(8, "SAE training epochs")
+    sae_expansion: int = option(4, "SAE expansion factor")
+    sae_k: int = option(16, "SAE TopK")
+    perturbations: str | None = option(None, "optional Perturb-seq .h5ad to validate against")
+    n_perm: int = option(200, "permutations of the coherence and consensus nulls")
+    seed: int = option(0, "seed of SAE training and the nulls")
+
+    def __post_init__(self) -> None:
+        kinds = [k.strip() for k in self.models.split(",") if k.strip()]
+        check(bool(kinds) and all(k in ("geneformer", "scgpt") for k in kinds),
+              f"models must list geneformer and/or scgpt, got {self.models!r}")
+        check(self.n_cells is None or self.n_cells >= 20, "n_cells must be >= 20")
+        check(self.trace_cells >= 4, "trace_cells must be >= 4")
+        check(self.n_features >= 1, "n_features must be >= 1")
+        check(self.sae_epochs >= 1 and self.sae_expansion >= 1 and self.sae_k >= 1,
+              "SAE epochs, expansion and k must be >= 1")
+        check(self.n_perm >= 10, "n_perm must be >= 10")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k.strip() for k in self.models.split(",") if k.strip()]
+
+
+def _say(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold cyan]demo[/] {msg}", highlight=False)
+
+
+def _same(run: RunDir, stage: str, cfg) -> bool:
+    """True when ``stage`` completed in ``run`` with exactly these options."""
+    st = run.stage(stage)
+    return bool(st) and st.get("status") == "complete" and st.get("config") == to_dict(cfg)
+
+
+def _source_layers(spec: str, n_layers: int) -> list[int]:
+    if spec.strip() == "first,middle":
+        return sorted({0, max(1, (n_layers - 1) // 2)} - {n_layers - 1})
+    return sorted({int(x) for x in spec.split(",")})
+
+
+def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bool = True) -> Path:
+    """Run the whole pipeline on the bundled data and models; returns the report's path."""
+    from .activations import ExtractConfig, extract
+    from .analysis import AnalyzeConfig, CompareConfig, analyze, compare
+    from .annotate import AnnotateConfig, annotate
+    from .datasets import demo_model_path, go_bp_gmt_path, pbmc
+    from .models import load_model
+    from .report import build_report
+    from .sae import SAETrainConfig, train_saes
+    from .trace import TraceConfig, trace
+
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_path = out / "pbmc.h5ad"
+    if not data_path.is_file():
+        tmp = out / ".pbmc.h5ad.tmp"
+        pbmc().write_h5ad(tmp, compression="gzip")
+        os.replace(tmp, data_path)
+    gmt = go_bp_gmt_path()
+    runs: dict[str, Path] = {}
+    timings: dict[str, float] = {}
+
+    for kind in cfg.kinds:
+        model_dir = demo_model_path(kind)
+        run = RunDir(out / kind)
+        runs[kind] = run.path
+        n_layers = load_model(model_dir).n_layers
+
+        def stage(name: str, stage_cfg, fn) -> None:
+            if stage_cfg is not None and _same(run, name, stage_cfg):
+                _say(f"{kind}: {name} already done, reused")
+                return
+            _say(f"{kind}: {name} ...")
+            t0 = time.time()
+            fn()
+            timings[f"{kind}/{name}"] = round(time.time() - t0, 1)
+            _say(f"{kind}: {name} done in {timings[f'{kind}/{name}']:.0f} s")
+
+        ecfg = ExtractConfig(n_cells=cfg.n_cells, dtype="float32",
+                             gene_column="ensembl_id" if kind == "geneformer" else None)
+        stage("extract", None, lambda: extract(run, model_dir, data_path, ecfg, progress=progress))
+        scfg = SAETrainConfig(expansion=cfg.sae_expansion, k=cfg.sae_k, epochs=cfg.sae_epochs,
+                              batch_size=1024, lr=1e-3, seed=cfg.seed)
+        stage("train-sae", None, lambda: train_saes(run, scfg, progress=progress))
+        acfg = AnnotateConfig()
+        stage("annotate", acfg, lambda: annotate(run, [gmt], acfg, progress=progress))
+        tcfg = TraceConfig(source_layers=_source_layers(cfg.source_layers, n_layers), n_features=cfg.n_features,
+                           n_cells=cfg.trace_cells, model_name=f"demo-{kind}")
+        stage("trace", tcfg, lambda: trace(run, config=tcfg, progress=progress))
+        ancfg = AnalyzeConfig(n_perm=cfg.n_perm, seed=cfg.seed)
+        stage("analyze", ancfg, lambda: analyze(run, ancfg))
+
+    compare_dir = None
+    if len(runs) > 1:
+        compare_dir = out / "compare"
+        ccfg = CompareConfig(n_perm=cfg.n_perm, n_rewire=cfg.n_perm)
+        groups = ";".join(f"{k}={p}" for k, p in runs.items())
+        _say("compare ...")
+        compare(list(runs.values()), groups=groups, out=compare_dir, cfg=ccfg)
+
+    if cfg.perturbations:
+        from .validate import validate
+
+        _say("validate ...")
+        validate(list(runs.values()), cfg.perturbations)
+
+    report = build_report(list(runs.values()), compare=compare_dir, out=out / "report.html")
+    _say(f"report written to {report}")
+    return report
