@@ -105,6 +105,13 @@ def test_symbols_map_through_the_name_dictionary(small):
     assert "symbol" in by_symbol.info["gene_ids_from"]
 
 
+def test_ensembl_version_suffixes_are_dropped(small):
+    adata = hand_adata()
+    adata.var_names = [f"{g}.{i + 1}" for i, g in enumerate(adata.var_names)]
+    cells = small.tokenize(adata, mode="official")
+    assert list(cells.input_ids[0]) == [CLS, T1, T4, T2, T3, EOS]
+
+
 def test_v1_has_no_special_tokens(tmp_path):
     path = testing.make_tiny_geneformer(tmp_path / "v1", n_genes=8, n_layers=1, d_model=16, version=1)
     (tmp_path / "med.pkl").write_bytes(pickle.dumps({G[0]: 1.0, G[1]: 2.0, G[2]: 0.5, G[3]: 4.0}))
@@ -238,6 +245,12 @@ def copy_dir(small_dir, tmp_path):
     dst = tmp_path / "model"
     shutil.copytree(small_dir, dst)
     return dst
+
+
+def test_missing_token_dictionary(copy_dir):
+    (copy_dir / "token_dictionary_gc104M.pkl").unlink()
+    with pytest.raises(InputError, match="no token dictionary found"):
+        load_model(copy_dir)
 
 
 def test_missing_and_wrong_kind_dirs(tmp_path):

@@ -206,8 +206,8 @@ class GeneformerAdapter:
             "name": name_dictionary or find_dictionary(path, "name"),
         }
         if files["token"] is None:
-            raise InputError(path, "no token dictionary found (e.g. token_dictionary_gc104M.pkl); "
-                                   "pass token_dictionary=")
+            raise InputError(path, "no token dictionary found (e.g. token_dictionary_gc104M.pkl): copy the "
+                                   "model's dictionaries into the directory or pass token_dictionary=")
         token_dict = _check_token_dict(load_dictionary(files["token"]), files["token"], cfg["vocab_size"])
         median_dict = {} if files["median"] is None else _check_median_dict(load_dictionary(files["median"]),
                                                                             files["median"])
