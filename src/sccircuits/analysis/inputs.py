@@ -42,6 +42,8 @@ def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise InputError(path, f"not a readable parquet file ({type(e).__name__}: {e})") from None
     missing = [c for c in columns if c not in df.columns]
+    if missing and len(df) == 0:  # an empty table written without a schema
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}")
     return df
