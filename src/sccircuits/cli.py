@@ -449,6 +449,74 @@ def report_cmd(
     print(build_report(run, compare=compare, out=out, cfg=ReportConfig(top_circuits=top_circuits, capped=capped)))
 
 
+# --- trace and merge (issue 6; sccircuits.trace) ---
+@app.command("trace")
+def trace_cmd(
+    run: Optional[Path] = typer.Option(None, "--run", help="run directory (model, cells, SAEs, annotation from it)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model directory (instead of --run)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="cells .h5ad with raw counts (instead of --run)"),
+    saes: Optional[Path] = typer.Option(None, "--saes", help="SAE directory: layerNN/ (ours) or layerNN_x4_k32/ (bio-sae)"),
+    annotation: Optional[Path] = typer.Option(None, "--annotation", help="run directory whose annotation gives labels / selection"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory receiving trace/ (default: --run)"),
+    source_layers: Optional[str] = typer.Option(None, "--source-layers", help="e.g. 0,5,11 (default: every SAE layer with a later SAE)"),
+    n_features: int = typer.Option(30, "--n-features", help="source features per layer chosen by --selection"),
+    features: Optional[str] = typer.Option(None, "--features", help="explicit features, e.g. '0:309,460;5:12,80'"),
+    all_active: bool = typer.Option(False, "--all-active", help="trace every feature of each source layer"),
+    selection: str = typer.Option("richness", "--selection", help="richness, frequency or random"),
+    n_cells: int = typer.Option(200, "--n-cells", help="cells traced (first N unless --sample-seed)"),
+    sample_seed: Optional[int] = typer.Option(None, "--sample-seed", help="random sample of cells with this seed"),
+    tokenization: str = typer.Option("official", "--tokenization", help="official or reference"),
+    gene_column: Optional[str] = typer.Option(None, "--gene-column", help="var column with gene ids/symbols"),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+    dtype: str = typer.Option("float32", "--dtype", help="model dtype: float32, bfloat16, float16"),
+    batch_size: int = typer.Option(16, "--batch-size", help="ablated sequences per forward pass"),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="cells per checkpointed block"),
+    shard: str = typer.Option("0/1", "--shard", help="i/n: trace the i-th of n parts; then `sccircuits merge`"),
+    compat: str = typer.Option("none", "--compat", help="'reference' reproduces the published algorithm"),
+    d_threshold: float = typer.Option(0.5, "--d-threshold", help="edge if |d| > this"),
+    consistency_threshold: float = typer.Option(0.7, "--consistency-threshold", help="edge if consistency > this"),
+    consistency_kind: str = typer.Option("reference", "--consistency-kind", help="reference or nonzero"),
+    min_cells: int = typer.Option(3, "--min-cells", help="minimum cells per test"),
+    max_q: Optional[float] = typer.Option(None, "--max-q", help="also require BH q <= this"),
+    top_per_layer: int = typer.Option(50, "--top-per-layer", help="published cap per (source feature, target layer); 0 = uncapped"),
+    null_ablation: bool = typer.Option(True, "--null-ablation/--no-null-ablation", help="random-direction noise floor"),
+    null_seed: int = typer.Option(0, "--null-seed", help="seed of the null directions"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="value of the 'model' column"),
+) -> None:
+    """Ablate source SAE features and measure every downstream SAE feature (edges.parquet)."""
+    from .trace import TraceConfig, trace
+
+    layers = None if source_layers is None else [int(x) for x in source_layers.split(",") if x.strip()]
+    cfg = TraceConfig(source_layers=layers, n_features=n_features, features=features, all_active=all_active,
+                      selection=selection, n_cells=n_cells, sample_seed=sample_seed, tokenization=tokenization,
+                      gene_column=gene_column, device=device, dtype=dtype, batch_size=batch_size,
+                      checkpoint_every=checkpoint_every, shard=shard, compat=compat, d_threshold=d_threshold,
+                      consistency_threshold=consistency_threshold, consistency_kind=consistency_kind,
+                      min_cells=min_cells, max_q=max_q, top_per_layer=top_per_layer, null_ablation=null_ablation,
+                      null_seed=null_seed, model_name=model_name)
+    res = trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg)
+    m = res.metrics
+    if res.edges is None:
+        print(f"shard {shard} done ({len(m['blocks'])} blocks) in {res.out / 'trace'}; "
+              "run `sccircuits merge` when all shards finished")
+    else:
+        print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) from {m['ablations']} ablations "
+              f"over {m['n_cells']} cells -> {res.out / 'trace' / 'edges.parquet'}")
+
+
+@app.command("merge")
+def merge_cmd(
+    shards: list[Path] = typer.Argument(..., help="run directories holding the shards (one if all shards share --out)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory for the merged trace (default: the first)"),
+) -> None:
+    """Merge `trace --shard i/n` results into the same tables a single run gives."""
+    from .trace import merge
+
+    res = merge(shards, out=out)
+    m = res.metrics
+    print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
+
+
 # --- end of commands ---
 
 
