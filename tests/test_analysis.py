@@ -102,6 +102,9 @@ def test_term_sets_keep_only_significant_functional_terms():
                          enrichment_table({3: ["E"]}, library="CellMarker")])}
     ts = coh.term_sets_from_enrichment(enr)
     assert ts == {0: {1: frozenset({"A", "B"}), 2: frozenset({"C"})}}
+    # rows the annotation stage marks as network counts never count, whatever the library name
+    marked = enr[0].assign(kind=["gene_set"] * (len(enr[0]) - 1) + ["network"], library="go_bp")
+    assert coh.term_sets_from_enrichment({0: marked}) == {0: {1: frozenset({"A", "B", "S1", "T1"}), 2: frozenset({"C"})}}
 
 
 def test_coherence_hand_example():

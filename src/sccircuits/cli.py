@@ -373,8 +373,10 @@ def analyze_cmd(
         line = (f"{es:6s}: {x['n_edges']} edges, {x['n_targets']} targets, mean |d| {x['mean_abs_d']:.2f}, "
                 f"{neg['frac']:.1%} d<0 (source supports target; paper: inhibitory)")
         c = x["coherence"]
-        if c.get("coherence") is not None:
+        if c.get("n_edges_annotated"):
             line += f", coherence {c['coherence']:.1%} ({c['fold_enrichment']:.2f}x null, p={c['p_value']:.3g})"
+        else:
+            line += f", coherence skipped ({c.get('reason', 'no annotated edges')})"
         print(line)
     print(f"written to {Path(run) / 'analysis'}")
 

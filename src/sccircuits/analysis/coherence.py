@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tqdm.auto import tqdm
+
 from ..stats import permutation_p
 
 EXCLUDED_LIBRARIES = ("string", "trrust")
@@ -46,6 +48,8 @@ def term_sets_from_enrichment(enrichment: dict[int, pd.DataFrame], prefixes=("go
     for layer, df in enrichment.items():
         libs = df["library"].astype(str)
         ok = libs.map(lambda l: is_functional_library(l, prefixes)).to_numpy(bool) & (df["q_value"].to_numpy(float) < q_max)
+        if "kind" in df:  # the annotation stage marks STRING/TRRUST rows kind="network"
+            ok &= (df["kind"].astype(str) == "gene_set").to_numpy()
         sig = df.loc[ok, ["feature", "term_id"]]
         out[int(layer)] = {int(f): frozenset(g["term_id"].astype(str)) for f, g in sig.groupby("feature")}
     return out
@@ -91,7 +95,7 @@ class _Layer:
 
 
 def coherence_test(edges: pd.DataFrame, term_sets: TermSets, n_perm: int = 1000, seed: int = 0,
-                   chunk: int = 100) -> tuple[dict, np.ndarray]:
+                   chunk: int = 100, progress: bool = False) -> tuple[dict, np.ndarray]:
     """Observed coherence of ``edges``, its stratified-shuffle null and permutation p.
 
     Returns (result dict, null coherence fractions of shape (n_perm,)). Edges count only when
@@ -116,6 +120,7 @@ def coherence_test(edges: pd.DataFrame, term_sets: TermSets, n_perm: int = 1000,
               "coherence": float("nan"), "null_mean": float("nan"), "null_sd": float("nan"),
               "fold_enrichment": float("nan"), "p_value": float("nan"), "n_perm": int(n_perm)}
     if n_ann == 0:
+        result["reason"] = "no edge has significant functional terms at both ends"
         return result, np.zeros(0)
 
     src, tgt, si, ti = src[both], tgt[both], si[both], ti[both]
@@ -123,7 +128,7 @@ def coherence_test(edges: pd.DataFrame, term_sets: TermSets, n_perm: int = 1000,
     rng = np.random.default_rng(seed)
     used = {int(l): np.unique(np.concatenate([si[src == l], ti[tgt == l]])) for l in np.unique(np.concatenate([src, tgt]))}
     perms = {l: np.empty((n_perm, u.size), dtype=np.int64) for l, u in used.items()}
-    for r in range(n_perm):
+    for r in tqdm(range(n_perm), desc="coherence null", disable=not progress):
         for l in sorted(used):
             perms[l][r] = stratified_permutation(layers[l].strata, rng)[used[l]]
 

@@ -6,7 +6,8 @@ Outputs of :func:`analyze` in ``RUN/analysis/``:
   counts, effect sizes, sign balance, coherence with its null, hierarchy and novelty summaries;
 - ``attenuation.parquet``, ``hubs.parquet``, ``coherence_null.parquet``, ``domain_pairs.parquet``,
   ``hierarchy.parquet``, ``novel_pairs.parquet`` (tables with an ``edge_set`` column where relevant);
-- ``circuit.graphml`` (every edge, ``in_cap`` as an edge attribute).
+- ``circuit.graphml`` (every edge, ``in_cap`` as an edge attribute) and ``domains.graphml`` (the
+  domain meta-graph, edge weight = number of circuit edges).
 
 Outputs of :func:`compare` in its ``out`` directory: ``compare.json``, ``comparison_table.parquet``
 (+ ``.csv``), ``consensus_pairs.parquet``, ``consensus_null.parquet``, ``novel_pairs.parquet``,
@@ -80,7 +81,7 @@ def summarize(edges: pd.DataFrame, enrichment: Mapping[int, pd.DataFrame] | None
         e = edge_subset(edges, es)
         s = summ.describe_edges(e)
         if term_sets is not None:
-            res, null = coh.coherence_test(e, term_sets, n_perm=cfg.n_perm, seed=cfg.seed)
+            res, null = coh.coherence_test(e, term_sets, n_perm=cfg.n_perm, seed=cfg.seed, progress=cfg.progress)
             res.update({"libraries": list(cfg.libraries), "term_q_max": cfg.q_max,
                         "null": "term sets shuffled among features of the same layer and richness stratum (floor log2 #terms)"})
             nulls.append(pd.DataFrame({"edge_set": es, "draw": np.arange(null.size), "coherence": null}))
@@ -137,7 +138,8 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
                "analysis/novel_pairs.parquet"]
     if cfg.graphml:
         write_graphml(circuit_graph(edges), outdir / "circuit.graphml")
-        outputs.append("analysis/circuit.graphml")
+        write_graphml(hier.domain_graph(pairs), outdir / "domains.graphml")
+        outputs += ["analysis/circuit.graphml", "analysis/domains.graphml"]
     atomic_write_json(outdir / "summary.json", summary)
     run.complete_stage("analyze", outputs=outputs, metrics=_metrics(summary))
     return summary
