@@ -202,3 +202,19 @@ def test_cli_analyze_and_compare(runs, tmp_path):
     assert res.exit_code == 0, res.output
     assert "all: 2 consensus pairs" in res.output
     assert (tmp_path / "cmp/compare.json").is_file()
+
+
+def test_compare_three_runs_two_groups_and_single_group(runs, tmp_path):
+    a, b = runs
+    ec, lc = _circuit([("GO:4", "GO:2"), ("GO:5", "GO:6")], seed=3)
+    c = fake_run(tmp_path / "gf_ts", "geneformer", ec, lc)
+    analyze(a, AnalyzeConfig(n_perm=9, progress=False))
+    cfg = CompareConfig(n_perm=19, n_rewire=19, edge_sets=["all"], progress=False, analyze=AnalyzeConfig(n_perm=9))
+    r = compare([a.path, b.path, c.path], "gf=gf_k562,gf_ts;sc=scgpt_ts", tmp_path / "c3", cfg)
+    # geneformer union adds (GO:5, GO:6) from gf_ts: consensus (1,2), (3,3), (5,6)
+    assert r["consensus"]["all"]["n_consensus"] == 3
+    assert r["summaries_from"]["gf_k562"] == "RUN/analysis/summary.json"
+    assert r["summaries_from"]["gf_ts"].startswith("computed")
+    r1 = compare([a.path, c.path], "gf=gf_k562,gf_ts", tmp_path / "c1", cfg)
+    assert "at least two groups" in r1["consensus"]["all"]["note"]
+    assert pd.read_csv(tmp_path / "c1/comparison_table.csv").shape[0] == 4

@@ -251,6 +251,8 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     summaries = {n: _run_summary(names[n], data[n], cfg.analyze) for n in names}
     table = comparison_table(summaries, models)
     result: dict = {"runs": {n: str(rd.path) for n, rd in names.items()}, "groups": groups,
+                    "summaries_from": {n: ("RUN/analysis/summary.json" if names[n].is_complete("analyze")
+                                           else "computed now with the 'analyze' options") for n in names},
                     "sign_convention": summ.SIGN_CLASSES, "consensus": {}}
 
     pair_tables, cons_rows, null_rows = {}, [], []
