@@ -1,0 +1,440 @@
+"""Plan a trace before running it: forward passes, time per device, memory, batch size.
+
+``sccircuits trace --plan`` / :func:`plan_trace` answers, before anything long starts:
+
+* how many clean and ablated forward passes the tracer will run, per source layer. With
+  ``firing=True`` (default) this comes from the actual firing of the selected source features
+  on the selected cells (one clean pass over the cells, batched exactly like the tracer, so the
+  counts equal the ``clean_forward_passes`` / ``ablation_forward_passes`` / ``ablations`` the
+  tracer writes to its manifest). With ``firing=False`` it is an upper bound (every traced
+  feature fires in every cell) and nothing but tokenization runs.
+* the time per device, from a short calibration run of the real engine on a few cells (time
+  per clean token and per ablated token, scaled by the tokens the plan will process). This
+  is a linear-in-tokens model: attention is quadratic in length, so long-tailed length
+  distributions make it optimistic for the longest cells.
+* the peak memory (model, SAEs, accumulators, clean activations of a batch, one ablation pass,
+  SAE encode chunk), an *estimate* from shapes, not a measurement.
+
+:func:`suggest_batch_size` turns the memory estimate into the largest batch that fits in a
+budget (``torch.cuda.mem_get_info`` on CUDA, available RAM on CPU).
+
+:func:`prepare_trace` resolves a trace's inputs exactly as ``sccircuits trace`` does (same
+cells, same features, same block fingerprint); the Ray executor (``trace_ray.py``) uses it too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .trace.config import TraceConfig, parse_feature_spec
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class TraceSetup:
+    """Everything a trace needs before its blocks run (what ``trace()`` resolves first)."""
+
+    cfg: TraceConfig
+    info: dict
+    """Resolved paths: model, data, saes, annotation, out; tokenize options."""
+    adapter: object
+    saes: dict
+    targets: dict[int, list[int]]
+    cells: object
+    """:class:`~sccircuits.models.base.TokenizedCells` of the traced cells."""
+    features: dict[int, np.ndarray]
+    fingerprint: str
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-len(self.cells) // self.cfg.checkpoint_every)
+
+    def block_cells(self, b: int) -> list[int]:
+        """Positions (in ``cells``) of the cells of block ``b`` (as the tracer splits them)."""
+        step = self.cfg.checkpoint_every
+        return list(range(b * step, min((b + 1) * step, len(self.cells))))
+
+    def kinds(self) -> tuple[str, ...]:
+        return ("real", "null") if self.cfg.null_ablation else ("real",)
+
+
+def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
+                  config: TraceConfig | None = None, progress: bool = True, **options) -> TraceSetup:
+    """Resolve inputs, load the model and SAEs, tokenize the cells and choose the features,
+    exactly as :func:`sccircuits.trace.trace` does (same arguments), without tracing.
+
+    Built from the tracer's stage helpers so the cells, features and block fingerprint are the
+    very ones a local ``sccircuits trace`` run would use.
+    """
+    from .models import load_model
+    from .sae import load_saes
+    from .trace import stage as st
+
+    cfg = config if config is not None else TraceConfig(**options)
+    info = st._resolve_inputs(run, model, data, saes, annotation, out)
+    spec = parse_feature_spec(cfg.features) if cfg.features else None
+    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
+    all_saes = load_saes(info["saes"], device=cfg.device)
+    st._check_saes(all_saes, adapter, info["saes"])
+    targets = st._source_layers(cfg, all_saes, spec, info["saes"])
+    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
+                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
+                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
+    info["tokenize"] = tok_opts
+    cells = st._select_cells(adapter, info["data"], cfg, tok_opts)
+    features = st._choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
+    fp = st._fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
+    return TraceSetup(cfg, info, adapter, all_saes, targets, cells, features, fp)
+
+
+# ----------------------------------------------------------------------------- pass counts
+def engine_batches(lengths: np.ndarray, idx, batch_size: int) -> list[list[int]]:
+    """The batches the engine forms from cells ``idx`` (``AblationEngine.run_cells``): sorted by
+    decreasing length (stable), then cut into ``batch_size`` cells."""
+    idx = np.asarray(idx, dtype=np.int64)
+    order = idx[np.argsort(-np.asarray(lengths)[idx], kind="stable")]
+    return [[int(i) for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+@dataclass
+class PassCounts:
+    """Forward passes of a trace (the tracer's manifest counters), per source layer."""
+
+    clean_forward_passes: int = 0
+    clean_tokens: int = 0
+    """Sum over clean passes of batch rows x padded length."""
+    ablations: dict[int, int] = field(default_factory=dict)
+    """Source layer -> (cell, feature) pairs ablated (real ablations; nulls are as many)."""
+    ablation_forward_passes: dict[int, int] = field(default_factory=dict)
+    ablated_sequences: dict[int, int] = field(default_factory=dict)
+    ablated_tokens: dict[int, int] = field(default_factory=dict)
+    """Source layer -> sum over ablation passes of rows x padded length."""
+    exact: bool = True
+    """False when computed from the upper bound (every feature fires in every cell)."""
+
+    def totals(self) -> dict[str, int]:
+        return {"clean_forward_passes": self.clean_forward_passes,
+                "ablation_forward_passes": sum(self.ablation_forward_passes.values()),
+                "ablations": sum(self.ablations.values()),
+                "ablated_sequences": sum(self.ablated_sequences.values())}
+
+
+def count_passes(lengths: np.ndarray, active: dict[int, np.ndarray], n_cells: int, block_size: int,
+                 batch_size: int, n_kinds: int) -> PassCounts:
+    """Simulate the engine's batching (pure function).
+
+    ``lengths``: tokens per cell (n_cells,); ``active[s]``: number of traced features of source
+    layer ``s`` that fire in each cell (n_cells,). Blocks of ``block_size`` consecutive cells;
+    inside a block cells are batched as :func:`engine_batches`; per batch and source layer the
+    jobs (row, feature) in row order, real then null, are cut into ``batch_size`` rows, each
+    chunk padded to its longest row (as ``AblationEngine._ablate_layer`` does).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = PassCounts(ablations={s: 0 for s in active}, ablation_forward_passes={s: 0 for s in active},
+                     ablated_sequences={s: 0 for s in active}, ablated_tokens={s: 0 for s in active})
+    for start in range(0, n_cells, block_size):
+        for batch in engine_batches(lengths, range(start, min(start + block_size, n_cells)), batch_size):
+            out.clean_forward_passes += 1
+            out.clean_tokens += len(batch) * int(lengths[batch].max())
+            for s, counts in active.items():
+                row_len = np.repeat(lengths[batch], np.asarray(counts)[batch])  # one entry per job
+                n_jobs = len(row_len)
+                out.ablations[s] += n_jobs
+                if n_jobs == 0:
+                    continue
+                jobs = np.tile(row_len, n_kinds)
+                for c in range(0, len(jobs), batch_size):
+                    chunk = jobs[c:c + batch_size]
+                    out.ablation_forward_passes[s] += 1
+                    out.ablated_sequences[s] += len(chunk)
+                    out.ablated_tokens[s] += len(chunk) * int(chunk.max())
+    return out
+
+
+def firing_counts(setup: TraceSetup, progress: bool = True) -> tuple[dict[int, np.ndarray], dict]:
+    """Per source layer, how many traced features fire in each cell (at its gene positions),
+    from clean passes batched exactly like the tracer (so the same numbers decide firing).
+
+    Also returns timing of those clean passes: ``{"seconds": s, "tokens": padded tokens}``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg, cells, adapter = setup.cfg, setup.cells, setup.adapter
+    dev = torch.device(adapter.device)
+    sources = sorted(setup.features)
+    out = {s: np.zeros(len(cells), np.int64) for s in sources}
+    saes = {s: setup.saes[s].to(device=dev, dtype=torch.float32).eval() for s in sources}
+    cols = {s: torch.as_tensor(setup.features[s], dtype=torch.long, device=dev) for s in sources}
+    lengths = cells.lengths()
+    batches = [b for blk in range(setup.n_blocks)
+               for b in engine_batches(lengths, setup.block_cells(blk), cfg.batch_size)]
+    seconds, tokens = 0.0, 0
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc="plan: firing of traced features", unit="batch", disable=not progress):
+            t0 = time.perf_counter()
+            batch = adapter.batch(cells, idx).to(dev)
+            hs = adapter.hidden_states(batch, sources)
+            gm = batch.gene_mask.to(dev)
+            for s in sources:
+                x = hs[s][gm].to(torch.float32)
+                z = torch.cat([saes[s].encode(x[i:i + cfg.encode_chunk])[:, cols[s]]
+                               for i in range(0, len(x), cfg.encode_chunk)]) if len(x) else x.new_zeros((0, len(cols[s])))
+                zz = torch.zeros(gm.shape + (len(cols[s]),), dtype=torch.float32, device=dev)
+                zz[gm] = z
+                out[s][idx] = ((zz > 0).any(1).sum(1)).cpu().numpy()
+            seconds += time.perf_counter() - t0
+            tokens += len(idx) * int(lengths[idx].max())
+    return out, {"seconds": seconds, "tokens": tokens}
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> dict:
+    """Time the real engine on ``n_cells`` cells spread over the length distribution.
+
+    Returns seconds per clean token and per ablated token (padded rows x length), measured
+    after one warm-up batch. The clean rate comes from timing the clean passes alone; the
+    ablated rate from the engine's total time minus the clean part.
+    """
+    import torch
+
+    from .trace.engine import AblationEngine, TracePlan
+
+    cfg, cells = setup.cfg, setup.cells
+    lengths = cells.lengths()
+    order = np.argsort(-lengths, kind="stable")
+    pick = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in np.linspace(0, 1, max(1, min(n_cells, len(cells))))})
+    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
+    engine = AblationEngine(setup.adapter, setup.saes, plan)
+    engine.run_cells(cells, pick[:1])  # warm-up (allocations, kernels)
+
+    sub = _SubsetSetup(setup, pick)
+    active, clean_timing = firing_counts(sub, progress=progress)
+    counts = count_passes(lengths[pick], {s: a for s, a in active.items()}, len(pick), len(pick),
+                          cfg.batch_size, len(setup.kinds()))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        engine.run_cells(cells, pick)
+    total = time.perf_counter() - t0
+    clean_rate = clean_timing["seconds"] / max(clean_timing["tokens"], 1)
+    abl_tokens = sum(counts.ablated_tokens.values())
+    abl_seconds = max(total - clean_rate * counts.clean_tokens, 0.0)
+    return {"cells": len(pick), "seconds": total, "clean_s_per_token": clean_rate,
+            "ablated_s_per_token": abl_seconds / abl_tokens if abl_tokens else None,
+            "clean_tokens": counts.clean_tokens, "ablated_tokens": abl_tokens, "device": str(setup.adapter.device),
+            "dtype": cfg.dtype}
+
+
+class _SubsetSetup:
+    """A view of a setup restricted to some cells (one block), for calibration."""
+
+    def __init__(self, setup: TraceSetup, idx: list[int]):
+        from .models.base import TokenizedCells
+
+        c = setup.cells
+        self.cells = TokenizedCells([c.input_ids[i] for i in idx], None if c.values is None else [c.values[i] for i in idx],
+                                    [c.gene_mask[i] for i in idx], np.asarray(c.cell_index)[idx])
+        self.cfg, self.adapter, self.saes, self.features = setup.cfg, setup.adapter, setup.saes, setup.features
+        self.n_blocks = 1
+
+    def block_cells(self, b: int) -> list[int]:
+        return list(range(len(self.cells)))
+
+
+# ----------------------------------------------------------------------------- memory
+def _n_params(adapter) -> int:
+    model = getattr(adapter, "model", None)
+    return int(sum(p.numel() for p in model.parameters())) if model is not None else 0
+
+
+def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dtype: str, batch_size: int,
+                    max_length: int, n_layers_kept: int, n_targets_max: int, sae_sizes: dict[int, int],
+                    n_features: dict[int, int], targets: dict[int, list[int]], n_kinds: int,
+                    encode_chunk: int) -> dict[str, int]:
+    """Peak memory of a trace in bytes, by component (pure function, an estimate from shapes).
+
+    * ``model``: parameters x bytes of ``dtype``;
+    * ``saes``: float32 encoder + decoder (2 d d_sae) + biases + mean, per layer used;
+    * ``accumulators``: per (kind, source, target) F x T x (3 float64 + 3 int32);
+    * ``clean_batch``: the kept hidden states ``batch_size x L x d x layers`` plus one layer's
+      working set (q, k, v, FFN intermediate, attention scores);
+    * ``ablation_pass``: ``batch_size`` patched rows, the kept target states, one layer's
+      working set;
+    * ``encode``: an ``encode_chunk x d_sae`` float32 code (x3: pre-activation, top-k, dense).
+    Peak = model + saes + accumulators + clean_batch + ablation_pass + encode (the clean
+    states stay alive while the ablation passes run).
+    """
+    b = DTYPE_BYTES[dtype]
+    BL = batch_size * max_length
+    working = BL * (4 * d_model + d_ff) * b + batch_size * n_heads * max_length * max_length * b
+    sae_bytes = sum((2 * d_model * m + m + 3 * d_model) * 4 for m in sae_sizes.values())
+    acc = sum(n_kinds * n_features[s] * sae_sizes[t] * (3 * 8 + 3 * 4) for s, ts in targets.items() for t in ts)
+    return {
+        "model": n_params * b,
+        "saes": sae_bytes,
+        "accumulators": acc,
+        "clean_batch": BL * d_model * n_layers_kept * b + working,
+        "ablation_pass": BL * d_model * (1 + n_targets_max) * b + working,
+        "encode": encode_chunk * max(sae_sizes.values(), default=0) * 4 * 3,
+    }
+
+
+def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:
+    """:func:`memory_estimate` for a prepared trace (longest cell, all layers it keeps)."""
+    a, cfg = setup.adapter, setup.cfg
+    desc = a.describe() if hasattr(a, "describe") else {}
+    layers = sorted(set(setup.features) | {t for ts in setup.targets.values() for t in ts})
+    return memory_estimate(
+        n_params=_n_params(a), d_model=int(a.d_model), n_heads=int(desc.get("n_heads", max(1, a.d_model // 64))),
+        d_ff=int(desc.get("d_ff", 4 * a.d_model)), dtype=cfg.dtype, batch_size=batch_size or cfg.batch_size,
+        max_length=int(setup.cells.lengths().max()), n_layers_kept=len(layers),
+        n_targets_max=max(len(t) for t in setup.targets.values()),
+        sae_sizes={l: int(setup.saes[l].d_sae) for l in layers},
+        n_features={s: len(f) for s, f in setup.features.items()}, targets=setup.targets,
+        n_kinds=len(setup.kinds()), encode_chunk=cfg.encode_chunk)
+
+
+def available_memory(device: str) -> int:
+    """Bytes free on ``device``: ``torch.cuda.mem_get_info`` on CUDA, available RAM otherwise."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def suggest_batch_size(estimate, budget_bytes: int, fraction: float = 0.8, max_batch: int = 1024) -> int:
+    """Largest batch size ``B <= max_batch`` with ``sum(estimate(B).values()) <= fraction *
+    budget_bytes`` (``estimate``: batch size -> component bytes, e.g. ``lambda B:
+    setup_memory(setup, B)``); 1 if even B = 1 does not fit (the trace may still run slower
+    with less memory: this is an estimate)."""
+    limit = fraction * budget_bytes
+    fits = lambda B: sum(estimate(B).values()) <= limit  # noqa: E731
+    if not fits(1):
+        return 1
+    lo, hi = 1, max_batch
+    while lo < hi:  # memory grows with B: binary search for the last B that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+# ----------------------------------------------------------------------------- plan
+@dataclass
+class TracePlanReport:
+    """What :func:`plan_trace` found (``str()`` gives the printed summary)."""
+
+    n_cells: int
+    n_blocks: int
+    features: dict[int, int]
+    """Source layer -> number of traced features."""
+    passes: PassCounts
+    memory: dict[str, int]
+    calibration: dict | None
+    estimated_seconds: float | None
+    """On the calibrated device, one worker."""
+    num_workers: int = 1
+    suggested_batch_size: int | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passes"]["totals"] = self.passes.totals()
+        d["memory_total"] = sum(self.memory.values())
+        return d
+
+    def __str__(self) -> str:
+        p = self.passes
+        how = "from the firing of the selected features on the selected cells" if p.exact else \
+            "UPPER BOUND (every feature assumed to fire in every cell)"
+        lines = [f"trace plan: {self.n_cells} cells in {self.n_blocks} blocks; source features "
+                 + ", ".join(f"layer {s}: {n}" for s, n in sorted(self.features.items())),
+                 f"forward passes ({how}):",
+                 f"  clean: {p.clean_forward_passes}"]
+        for s in sorted(p.ablations):
+            lines.append(f"  source layer {s}: {p.ablations[s]} ablations, {p.ablation_forward_passes[s]} ablated "
+                         f"forward passes ({p.ablated_sequences[s]} sequences)")
+        t = p.totals()
+        lines.append(f"  total: {t['clean_forward_passes'] + t['ablation_forward_passes']} forward passes")
+        mem = self.memory
+        lines.append(f"peak memory (estimate): {_gib(sum(mem.values()))} = "
+                     + ", ".join(f"{k} {_gib(v)}" for k, v in mem.items()))
+        if self.suggested_batch_size is not None:
+            lines.append(f"largest batch size fitting 80% of free memory (estimate): {self.suggested_batch_size}")
+        if self.estimated_seconds is not None:
+            c = self.calibration
+            lines.append(f"estimated time on {c['device']} ({c['dtype']}): {_hms(self.estimated_seconds)} on one worker"
+                         + (f", ~{_hms(self.estimated_seconds / self.num_workers)} on {self.num_workers} workers (ideal)"
+                            if self.num_workers > 1 else "")
+                         + f" (calibrated on {c['cells']} cells in {c['seconds']:.1f} s; linear in tokens)")
+        return "\n".join(lines)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+
+
+def plan_setup(setup: TraceSetup, *, firing: bool = True, calibrate_cells: int = 4, num_workers: int = 1,
+               progress: bool = True) -> TracePlanReport:
+    """:func:`plan_trace` for an already prepared trace."""
+    cfg, cells = setup.cfg, setup.cells
+    lengths = cells.lengths()
+    if firing:
+        active, _ = firing_counts(setup, progress)
+    else:
+        active = {s: np.full(len(cells), len(f), np.int64) for s, f in setup.features.items()}
+    passes = count_passes(lengths, active, len(cells), cfg.checkpoint_every, cfg.batch_size, len(setup.kinds()))
+    passes.exact = firing
+    calib, seconds = None, None
+    if calibrate_cells > 0:
+        calib = calibrate(setup, calibrate_cells)
+        if calib["ablated_s_per_token"] is not None:
+            seconds = (calib["clean_s_per_token"] * passes.clean_tokens
+                       + calib["ablated_s_per_token"] * sum(passes.ablated_tokens.values()))
+    suggested = None
+    try:
+        budget = available_memory(cfg.device)
+        suggested = suggest_batch_size(lambda B: setup_memory(setup, B), budget)
+    except Exception:  # noqa: BLE001 - memory query is best effort
+        pass
+    return TracePlanReport(len(cells), setup.n_blocks, {s: len(f) for s, f in setup.features.items()}, passes,
+                           setup_memory(setup), calib, seconds, num_workers, suggested)
+
+
+def plan_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
+               config: TraceConfig | None = None, firing: bool = True, calibrate_cells: int = 4,
+               num_workers: int = 1, progress: bool = True, **options) -> TracePlanReport:
+    """Plan a trace (same arguments as :func:`sccircuits.trace.trace`) without running it.
+
+    ``firing``: count passes from the real firing of the selected features (one clean pass over
+    the cells) instead of an upper bound. ``calibrate_cells``: cells timed with the real engine
+    (0 = no time estimate). ``num_workers``: also show the ideal time on that many workers.
+    Nothing is written to the run directory.
+    """
+    if run is None and out is None:
+        out = "."  # the planner writes nothing; the tracer's input resolution wants an output dir
+    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
+                          config=config, progress=progress, **options)
+    return plan_setup(setup, firing=firing, calibrate_cells=calibrate_cells, num_workers=num_workers,
+                      progress=progress)
