@@ -218,3 +218,17 @@ def test_compare_three_runs_two_groups_and_single_group(runs, tmp_path):
     r1 = compare([a.path, c.path], "gf=gf_k562,gf_ts", tmp_path / "c1", cfg)
     assert "at least two groups" in r1["consensus"]["all"]["note"]
     assert pd.read_csv(tmp_path / "c1/comparison_table.csv").shape[0] == 4
+
+
+def test_analyze_novel_relations_from_a_gmt(runs, tmp_path):
+    from sccircuits.genesets import write_gmt
+
+    a, _ = runs
+    gmt = tmp_path / "domains.gmt"
+    write_gmt(gmt, {d: (name, frozenset(genes)) for d, (name, genes) in DOMAINS.items()})
+    s = analyze(a, AnalyzeConfig(n_perm=9, gene_sets=str(gmt), progress=False, graphml=False))
+    assert s["all"]["novel"]["gene_sets"].startswith("gmt:")
+    t = pd.read_parquet(a / "analysis/novel_pairs.parquet").set_index(["source_domain", "target_domain"])
+    assert t.loc[("GO:1", "GO:2"), "shared_genes"] == 1  # LCK
+    assert bool(t.loc[("GO:1", "GO:2"), "novel_compat"]) and not t.loc[("GO:1", "GO:1"), "novel_compat"]
+    assert t.loc[("GO:4", "GO:2"), "shared_genes"] == 0
