@@ -126,6 +126,7 @@ def figure_attenuation(r: RunData, capped: bool) -> str | None:
         dist = (g.target_layer - g.source_layer).value_counts().sort_index()
         ax.plot(dist.index, dist.values, marker="o", label=f"source layer {s}")
     ax.set_xlabel("downstream distance (layers)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("edges")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -142,9 +143,71 @@ def figure_sae_quality(runs: list[RunData]) -> str | None:
     for name, g in df.groupby("run"):
         ax.plot(g.layer, 100 * g.variance_explained, marker="o", label=name)
     ax.set_xlabel("layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("held-out variance explained (%)")
     ax.legend(fontsize=8)
     return _fig_to_img(fig, "SAE variance explained per layer")
+
+
+def figure_null(null: np.ndarray, observed: float, xlabel: str, alt: str) -> str | None:
+    """Histogram of a permutation null with the observed value marked."""
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if not null.size or not np.isfinite(observed):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 2.8))
+    ax.hist(null, bins=30, color="#999", label="null draws")
+    ax.axvline(observed, color="crimson", lw=2, label="observed")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("draws")
+    ax.legend(fontsize=8)
+    return _fig_to_img(fig, alt)
+
+
+def coherence_section(r: RunData) -> str:
+    """Coherence against its stratified null (all edges and the published cap)."""
+    if not r.analysis:
+        return "<p class='na'>analyze has not run</p>"
+    rows = []
+    for edge_set in ("all", "capped"):
+        c = (r.analysis.get(edge_set) or {}).get("coherence") or {}
+        rows.append({"edges": edge_set, "edges with both ends annotated": c.get("n_edges_annotated"),
+                     "coherent": c.get("n_coherent"), "coherence": c.get("coherence"),
+                     "null mean": c.get("null_mean"), "fold enrichment": c.get("fold_enrichment"),
+                     "permutation p": c.get("p_value"), "draws": c.get("n_perm"), "note": c.get("reason", "")})
+    html_ = _table(pd.DataFrame(rows).round(4))
+    null = _read_parquet(r.run.path / "analysis" / "coherence_null.parquet")
+    obs = ((r.analysis.get("all") or {}).get("coherence") or {}).get("coherence")
+    if null is not None and len(null) and obs is not None:
+        img = figure_null(null[null.edge_set == "all"].coherence.to_numpy(), float(obs),
+                          "coherence (share of annotated edges sharing a term)", f"coherence null of {r.name}")
+        html_ += img or ""
+    return html_
+
+
+def consensus_section(cdir: Path) -> str:
+    """Cross-model consensus with both nulls, from compare.json and consensus_null.parquet."""
+    res = _read_json(cdir / "compare.json")
+    if not res:
+        return "<p class='na'>compare has not run</p>"
+    rows, imgs = [], []
+    null = _read_parquet(cdir / "consensus_null.parquet")
+    for edge_set, c in (res.get("consensus") or {}).items():
+        for kind in ("label_permutation_null", "rewiring_null"):
+            n = c.get(kind) or {}
+            rows.append({"edges": edge_set, "null": kind.replace("_null", "").replace("_", " "),
+                         "consensus pairs": c.get("n_consensus"), "expected": n.get("expected"),
+                         "fold": n.get("fold_enrichment"), "p": n.get("p_value"), "draws": n.get("n_draws"),
+                         "high-confidence pairs": c.get("n_high_confidence"),
+                         "pairs per group": json.dumps(c.get("pairs_per_group"))})
+            if null is not None and len(null) and edge_set == "all":
+                sel = null[(null.edge_set == edge_set) & (null["null"] == kind.replace("_null", ""))]
+                img = figure_null(sel["size"].to_numpy(), float(c.get("n_consensus") or 0),
+                                  f"consensus pairs ({kind.replace('_', ' ')})", kind)
+                if img and sel["size"].max() > 0:
+                    imgs.append(img)
+    return _table(pd.DataFrame(rows).round(4)) + "".join(imgs)
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -160,8 +223,13 @@ def sae_quality_table(r: RunData) -> pd.DataFrame | None:
     if st.get("status") != "complete":
         return None
     metrics = st.get("metrics") or {}
+    keep = ["layer", "variance_explained", "l0", "dead", "dead_fraction", "d_sae", "n_train_positions",
+            "n_eval_positions", "recipe"]
     rows = [{"layer": int(k[5:]), **v} for k, v in metrics.items() if k.startswith("layer")]
-    return pd.DataFrame(rows).sort_values("layer").round(4) if rows else None
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).sort_values("layer")
+    return df[[c for c in keep if c in df]].round(4)
 
 
 def annotation_table(r: RunData) -> pd.DataFrame | None:
@@ -291,16 +359,24 @@ def build_report(runs: list[str | os.PathLike], compare: str | os.PathLike | Non
     for r in data:
         parts.append(f"<h3>{html.escape(r.name)}</h3>{_table(top_circuits(r, cfg.top_circuits, cfg.capped))}")
 
-    parts.append("<h2>Analyses (coherence against its null, hubs, ...)</h2>")
+    parts.append("<h2>Biological coherence against its null</h2><p class='note'>Coherence: share of edges with "
+                 "both ends annotated whose significant GO/KEGG/Reactome term sets intersect. Null: term sets "
+                 "shuffled among features of the same layer and annotation richness; p = (1+k)/(1+N).</p>")
     for r in data:
-        parts.append(f"<h3>{html.escape(r.name)}</h3>{_dict_table(_scalars(r.analysis))}")
+        parts.append(f"<h3>{html.escape(r.name)}</h3>{coherence_section(r)}")
+        if r.analysis:
+            parts.append(f"<details><summary>all analysis numbers of {html.escape(r.name)}</summary>"
+                         f"{_dict_table(_scalars(r.analysis))}</details>")
 
     if compare is not None:
         cdir = Path(compare)
         parts.append("<h2>Cross-model comparison</h2>")
         table = _read_parquet(cdir / "comparison_table.parquet")
-        parts.append(_table(table))
-        parts.append(_dict_table(_scalars(_read_json(cdir / "compare.json"))))
+        parts.append("<h3>Conditions side by side</h3>" + _table(None if table is None else table.round(4)))
+        parts.append("<h3>Cross-model consensus domain pairs</h3>" + consensus_section(cdir))
+        pairs = _read_parquet(cdir / "consensus_pairs.parquet")
+        if pairs is not None and len(pairs):
+            parts.append("<h3>Consensus pairs</h3>" + _table(pairs.head(50)))
 
     if any(r.validation for r in data):
         parts.append("<h2>Validation against CRISPRi Perturb-seq</h2>")
