@@ -7,7 +7,7 @@
 """
 
 from .core import ValidateConfig, ValidationResult, summary_table, validate
-from .predictions import PredictConfig, add_status, predict_genes, write_predictions
+from .predictions import PredictConfig, add_status, predict_genes, read_predictions, write_predictions
 
 __all__ = ["PredictConfig", "ValidateConfig", "ValidationResult", "add_status", "predict_genes",
-           "summary_table", "validate", "write_predictions"]
+           "read_predictions", "summary_table", "validate", "write_predictions"]

@@ -261,12 +261,15 @@ def validate(runs, perturbations_path: str | os.PathLike, cfg: ValidateConfig | 
     runs = [] if runs is None else ([runs] if isinstance(runs, (str, os.PathLike)) else list(runs))
     if out is None:
         if len(runs) != 1:
-            raise InputError(None, "give an output directory (--out) when validating several runs")
+            raise InputError(None, "give an output directory (--out) unless validating exactly one run")
         out = runs[0]
     perturbations_path = Path(perturbations_path)
     if not perturbations_path.is_file():
         raise InputError(perturbations_path, "file not found")
     pred = predict_genes(runs, cfg.predict, progress=progress) if predictions is None else predictions
+    missing = [c for c in ("source", "target", "mean_d") if c not in pred.columns]
+    if missing:
+        raise InputError(None, f"the prediction table lacks column(s) {', '.join(missing)}")
     if pred.empty:
         raise InputError(None, "no gene-pair predictions (no edges, or none pass min_edges / min_max_abs_d)")
     screen = open_screen(perturbations_path, cfg.target_column, cfg.control_label,
@@ -312,20 +315,23 @@ def _write(res: ValidationResult) -> list[str]:
 
 
 def summary_table(summary: pd.DataFrame):
-    """A rich Table of the summary (for the terminal)."""
+    """A rich Table of the summary (for the terminal); the full numbers are in summary.parquet."""
     from rich.table import Table
 
-    t = Table(title="CRISPRi validation (accuracy vs sign-bias baseline; 95% cluster-bootstrap CI)")
-    for c in ("subset", "cell line", "pairs", "genes", "accuracy", "baseline", "excess", "Spearman",
-              "enriched"):
+    t = Table(title="CRISPRi validation: directional accuracy vs sign-bias baseline [95% cluster-bootstrap CI]",
+              title_justify="left")
+    for c in ("subset", "cell line", "pairs", "KD genes", "accuracy", "baseline", "excess", "rho |d|,|LFC|",
+              "enriched KD (q<fdr)"):
         t.add_column(c, justify="left" if c in ("subset", "cell line") else "right")
 
-    def ci(r, k):
-        return f"{r[k]:.3f} [{r[k + '_ci_low']:.3f}, {r[k + '_ci_high']:.3f}]" if np.isfinite(r[k]) else "-"
+    def fmt(r, k, ci=True):
+        if not np.isfinite(r[k]):
+            return "-"
+        return f"{r[k]:.3f} [{r[k + '_ci_low']:.2f}, {r[k + '_ci_high']:.2f}]" if ci else f"{r[k]:.3f}"
 
     for _, r in summary.iterrows():
         rho = f"{r['spearman_abs_d_abs_lfc']:.3f}" if np.isfinite(r["spearman_abs_d_abs_lfc"]) else "-"
-        t.add_row(r["subset"], str(r["cell_line"]), str(r["n_pairs"]), str(r["n_clusters"]), ci(r, "accuracy"),
-                  ci(r, "baseline"), ci(r, "excess"), rho,
+        t.add_row(r["subset"], str(r["cell_line"]), str(r["n_pairs"]), str(r["n_clusters"]), fmt(r, "accuracy"),
+                  fmt(r, "baseline", ci=False), fmt(r, "excess"), rho,
                   f"{r['n_knockdowns_enriched']}/{r['n_knockdowns_tested']}")
     return t

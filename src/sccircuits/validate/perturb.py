@@ -134,6 +134,7 @@ def pseudobulk(screen: Screen, knockdowns, gene_cols: np.ndarray, chunk_size: in
     requested knockdown nor the control are skipped (their chunks are never read when no
     requested cell is in them). With ``normalize`` False the values are used as they are.
     """
+    import h5py
     from tqdm.auto import tqdm
 
     wanted = pd.Index([screen.control_label, *[k for k in pd.unique(np.asarray(knockdowns, dtype=object))
@@ -142,7 +143,8 @@ def pseudobulk(screen: Screen, knockdowns, gene_cols: np.ndarray, chunk_size: in
     tcode = screen.target_codes
     rel_cell = np.where(tcode >= 0, rel[np.maximum(tcode, 0)], -1)
     n_rel = len(wanted)
-    group = np.where(rel_cell >= 0, screen.line_codes * n_rel + rel_cell, -1)
+    # group = (cell line, wanted target); -1 for cells we do not need (or without a line label)
+    group = np.where((rel_cell >= 0) & (screen.line_codes >= 0), screen.line_codes * n_rel + rel_cell, -1)
     n_groups = len(screen.lines) * n_rel
     gene_cols = np.asarray(gene_cols, dtype=np.int64)
     all_cols = gene_cols.size == screen.symbols.size and np.array_equal(gene_cols, np.arange(gene_cols.size))
@@ -150,7 +152,7 @@ def pseudobulk(screen: Screen, knockdowns, gene_cols: np.ndarray, chunk_size: in
     counts = np.zeros(n_groups, dtype=np.int64)
     n_empty = 0
     X = screen.adata.X
-    dense = not hasattr(X, "format") and not sp.issparse(X)
+    dense = isinstance(X, (h5py.Dataset, np.ndarray))
     step = dense_chunk_rows(screen.symbols.size, chunk_size) if dense else chunk_size
     starts = range(0, screen.n_cells, step)
     for start in tqdm(starts, desc="reading screen", unit="chunk", disable=not progress):

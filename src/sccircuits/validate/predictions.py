@@ -232,10 +232,9 @@ def predict_genes(runs: list[str | os.PathLike] | str | os.PathLike, cfg: Predic
     genes = pd.concat(all_genes, ignore_index=True)
     has_cons = "consensus" in edges.columns
     has_novel = "novel" in edges.columns
-    if has_cons:
-        edges["consensus"] = edges["consensus"].fillna(False).astype(bool)
-    if has_novel:
-        edges["novel"] = edges["novel"].fillna(False).astype(bool)
+    for flag in ("consensus", "novel"):
+        if flag in edges.columns:  # runs without the flag count as False
+            edges[flag] = edges[flag].astype("boolean").fillna(False).astype(bool)
     codes, symbols = pd.factorize(genes["gene"], sort=True)
     genes["code"] = codes
     n_genes = max(len(symbols), 1)
@@ -374,3 +373,14 @@ def write_predictions(pred: pd.DataFrame, path: str | os.PathLike) -> Path:
         buf.write(pred.to_csv(sep="\t", index=False).encode())
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a prediction table written by :func:`write_predictions` (parquet or TSV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep="\t")
+    except Exception as e:  # pyarrow / the csv parser raise many types
+        raise InputError(path, f"cannot read the prediction table ({type(e).__name__})") from None
