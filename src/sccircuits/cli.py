@@ -194,8 +194,10 @@ def predict_cmd(
 
 @app.command("validate")
 def validate_cmd(
-    run: list[Path] = typer.Option(..., "--run", help="run directory (repeat for several conditions)"),
+    run: Optional[list[Path]] = typer.Option(None, "--run", help="run directory (repeat for several conditions)"),
     perturbations: Path = typer.Option(..., "--perturbations", help="CRISPRi screen .h5ad (Replogle 2022 layout)"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="use this table from `sccircuits "
+                                               "predict` (parquet/tsv) instead of predicting from the runs"),
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default with one run: the run)"),
     target_column: str = typer.Option("gene", "--target-column", help="obs column with the knocked-down gene"),
     control_label: str = typer.Option("non-targeting", "--control-label", help="label of control cells"),
@@ -219,15 +221,19 @@ def validate_cmd(
 ) -> None:
     """Validate gene-pair predictions against a CRISPRi Perturb-seq screen (accuracy vs sign-bias
     baseline, cluster-bootstrap CI, Spearman, Fisher enrichment); tables in OUT/validation/."""
-    from .validate import ValidateConfig, summary_table, validate
+    from .errors import InputError
+    from .validate import ValidateConfig, read_predictions, summary_table, validate
 
+    if not run and predictions is None:
+        raise InputError(None, "give --run (one or more) or --predictions")
     cfg = ValidateConfig(target_column=target_column, control_label=control_label,
                          cell_line_column=cell_line_column, gene_column=gene_column, min_cells=min_cells,
                          efficacy_filter=efficacy_filter, min_knockdown=min_knockdown, pseudocount=pseudocount,
                          background=background, n_boot=n_boot, seed=seed, chunk_size=chunk_size,
                          predict=_predict_cfg(top_genes, uncapped, min_edges, min_max_abs_d, None, None, None,
                                               consensus_pairs, novel_pairs))
-    res = validate([str(r) for r in run], perturbations, cfg, out=out)
+    table = None if predictions is None else read_predictions(predictions)
+    res = validate([str(r) for r in run or []], perturbations, cfg, predictions=table, out=out)
     Console().print(summary_table(res.summary))
     print(f"tables -> {res.out_dir}")
 
