@@ -111,3 +111,40 @@ def test_missing_stage_or_catalog_is_a_clear_error(tmp_path):
     run = write_run(tmp_path / "r1", _edges(), {0: TOP[0]})  # no layer-1 catalog
     with pytest.raises(InputError, match="layer01_catalog.parquet: feature catalog not found"):
         predict_genes(run, progress=False)
+
+
+def test_catalogs_from_the_annotation_run_the_tracer_used(tmp_path):
+    """Trace output in one run, annotation in another (trace_meta.json names it)."""
+    import json
+
+    from sccircuits.rundir import RunDir
+
+    ann = write_run(tmp_path / "ann", _edges().iloc[:0], TOP)
+    rd = RunDir(tmp_path / "traced")
+    rd.begin_stage("trace", {})
+    (rd / "trace").mkdir()
+    write_run(tmp_path / "tmp", _edges(), {})  # reuse the edge-table defaults
+    (tmp_path / "tmp/trace/edges.parquet").rename(rd / "trace/edges.parquet")
+    (rd / "trace/trace_meta.json").write_text(json.dumps({"annotation": str(ann)}))
+    rd.complete_stage("trace")
+    pred = predict_genes(rd.path, PredictConfig(min_edges=1), progress=False)
+    assert _row(pred, "A", "C").n_edges == 2
+
+
+def test_novel_flags_from_the_runs_analysis_output(tmp_path):
+    from sccircuits.rundir import RunDir
+
+    e = _edges(source_label_id=["GO:1", "GO:1"], target_label_id=["GO:2", "GO:3"])
+    run = write_run(tmp_path / "r1", e, TOP)
+    rd = RunDir(run, create=False)
+    rd.begin_stage("analyze", {})
+    (rd / "analysis").mkdir()
+    pd.DataFrame({"edge_set": "all", "source_domain": ["GO:1", "GO:1"], "target_domain": ["GO:2", "GO:3"],
+                  "novel": [True, False]}).to_parquet(rd / "analysis/novel_pairs.parquet")
+    rd.complete_stage("analyze")
+    pred = predict_genes(run, PredictConfig(min_edges=1), progress=False)
+    assert _row(pred, "A", "D").novel  # only from the GO:1 -> GO:2 edge
+    assert not _row(pred, "B", "A").novel  # only from the GO:1 -> GO:3 edge
+    assert _row(pred, "A", "C").n_novel_edges == 1
+    off = predict_genes(run, PredictConfig(min_edges=1, auto_novel=False), progress=False)
+    assert "novel" not in off.columns

@@ -11,8 +11,9 @@ pair (source gene, target gene) over every edge of every run given:
   :mod:`sccircuits.validate.metrics`); ``max_abs_d``: the largest |d|;
 - ``n_conditions`` / ``conditions``: runs (conditions) the pair was seen in;
 - ``consensus`` / ``novel`` (with ``n_consensus_edges`` / ``n_novel_edges``): only when edge
-  flags are available (bool columns ``consensus`` / ``novel`` in ``edges.parquet``, or domain
-  pair tables given with ``consensus_pairs`` / ``novel_pairs``).
+  flags are available: bool columns ``consensus`` / ``novel`` in ``edges.parquet``, domain
+  pair tables given with ``consensus_pairs`` (e.g. ``compare``'s consensus_pairs.parquet) /
+  ``novel_pairs``, or, for novel, each run's ``analysis/novel_pairs.parquet`` (``analyze``).
 
 A pair is kept when it is seen in at least ``min_edges`` edges or its ``max_abs_d`` exceeds
 ``min_max_abs_d`` (reference: 2 edges, |d| > 2). Self pairs (a gene predicting itself) are
@@ -55,7 +56,10 @@ class PredictConfig:
     go_gmt: str | None = option(None, "GO GMT file: pairs sharing a term are 'plausible'")
     consensus_pairs: str | None = option(None, "table (parquet/csv/tsv) of consensus domain pairs: "
                                                "source_label(_id), target_label(_id)")
-    novel_pairs: str | None = option(None, "table of novel domain pairs (same columns)")
+    novel_pairs: str | None = option(None, "table of novel domain pairs (same columns; rows with novel "
+                                           "False are ignored)")
+    auto_novel: bool = option(True, "without novel_pairs, use each run's analysis/novel_pairs.parquet "
+                                    "when its analyze stage is complete")
     edge_chunk: int = option(20000, "edges per processing chunk (memory bound)")
 
     def __post_init__(self) -> None:
@@ -97,14 +101,36 @@ def read_edges(run: str | os.PathLike, capped: bool) -> pd.DataFrame:
     return edges.reset_index(drop=True)
 
 
+def annotation_run(run: str | os.PathLike) -> RunDir:
+    """The run holding the feature catalogs of ``run``'s edges.
+
+    The run itself when its ``annotate`` stage is complete; otherwise the annotation run the
+    tracer used (``annotation`` in ``RUN/trace/trace_meta.json``, e.g. when SAEs and their
+    annotation come from another run).
+    """
+    from ..rundir import read_json
+
+    rd = RunDir(run, create=False)
+    if rd.is_complete("annotate"):
+        return rd
+    meta_path = rd / "trace/trace_meta.json"
+    other = read_json(meta_path).get("annotation") if meta_path.is_file() else None
+    if other:
+        ann = RunDir(other, create=False)
+        ann.require("annotate")
+        return ann
+    rd.require("annotate")  # raises the usual "run `sccircuits annotate` first" error
+    return rd
+
+
 def read_top_genes(run: str | os.PathLike, layers, top_n: int) -> pd.DataFrame:
     """Long table (layer, feature, rank, gene) of each feature's first ``top_n`` top genes.
 
-    Reads only ``feature`` and ``top_genes`` of ``RUN/annotation/layerNN_catalog.parquet``;
+    Reads only ``feature`` and ``top_genes`` of ``layerNN_catalog.parquet`` in the annotation
+    of the run (:func:`annotation_run`);
     empty symbols are dropped and a gene repeated in one list keeps its best rank.
     """
-    rd = RunDir(run, create=False)
-    rd.require("annotate")
+    rd = annotation_run(run)
     parts = []
     for layer in sorted({int(x) for x in layers}):
         path = rd / f"annotation/layer{layer:02d}_catalog.parquet"
@@ -128,8 +154,14 @@ def read_top_genes(run: str | os.PathLike, layers, top_n: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _read_domain_pairs(path: str) -> pd.DataFrame:
-    """A table of domain pairs; columns source_label_id/target_label_id or source_label/target_label."""
+def _read_domain_pairs(path: str | os.PathLike, flag: str) -> pd.DataFrame:
+    """A table of domain pairs -> two key columns matching the edge table's label columns.
+
+    Accepts the analysis outputs (``source_domain`` / ``target_domain`` = label ids, e.g.
+    ``consensus_pairs.parquet`` of ``compare`` or ``novel_pairs.parquet`` of ``analyze``, where
+    only rows with ``flag`` (``novel``) True count) or plain tables with source_label_id /
+    target_label_id or source_label / target_label (parquet, csv or tsv).
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(p, "file not found")
@@ -137,10 +169,21 @@ def _read_domain_pairs(path: str) -> pd.DataFrame:
         df = pd.read_parquet(p)
     else:
         df = pd.read_csv(p, sep="\t" if p.suffix in (".tsv", ".txt") else ",")
+    df = df.rename(columns={"source_domain": "source_label_id", "target_domain": "target_label_id"})
+    if flag in df.columns:
+        df = df[df[flag].astype("boolean").fillna(False).astype(bool)]
     for a, b in (("source_label_id", "target_label_id"), ("source_label", "target_label")):
         if a in df.columns and b in df.columns:
             return df[[a, b]].drop_duplicates()
-    raise InputError(p, "needs columns source_label_id, target_label_id (or source_label, target_label)")
+    raise InputError(p, "needs columns source_domain, target_domain (or source_label_id, target_label_id, "
+                        "or source_label, target_label)")
+
+
+def _run_novel_pairs(run: str | os.PathLike) -> Path | None:
+    """``RUN/analysis/novel_pairs.parquet`` when the run's ``analyze`` stage is complete."""
+    rd = RunDir(run, create=False)
+    path = rd / "analysis/novel_pairs.parquet"
+    return path if rd.is_complete("analyze") and path.is_file() else None
 
 
 def _flag_edges(edges: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
@@ -211,8 +254,8 @@ def predict_genes(runs: list[str | os.PathLike] | str | os.PathLike, cfg: Predic
     if len(runs) > 62:
         raise InputError(None, "at most 62 runs can be combined")
     names = condition_names(runs)
-    cons_pairs = _read_domain_pairs(cfg.consensus_pairs) if cfg.consensus_pairs else None
-    novel_pairs = _read_domain_pairs(cfg.novel_pairs) if cfg.novel_pairs else None
+    cons_pairs = _read_domain_pairs(cfg.consensus_pairs, "consensus") if cfg.consensus_pairs else None
+    novel_given = _read_domain_pairs(cfg.novel_pairs, "novel") if cfg.novel_pairs else None
 
     all_edges, all_genes = [], []
     for c, run in enumerate(runs):
@@ -220,6 +263,9 @@ def predict_genes(runs: list[str | os.PathLike] | str | os.PathLike, cfg: Predic
         e["cond"] = c
         if cons_pairs is not None:
             e["consensus"] = _flag_edges(e, cons_pairs)
+        novel_pairs = novel_given
+        if novel_pairs is None and cfg.auto_novel and "novel" not in e.columns and _run_novel_pairs(run):
+            novel_pairs = _read_domain_pairs(_run_novel_pairs(run), "novel")
         if novel_pairs is not None:
             e["novel"] = _flag_edges(e, novel_pairs)
         layers = set(e["source_layer"].unique()) | set(e["target_layer"].unique())
