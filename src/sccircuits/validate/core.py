@@ -294,7 +294,7 @@ def validate(runs, perturbations_path: str | os.PathLike, cfg: ValidateConfig | 
     result = ValidationResult(summary, pairs, knockdowns, pd.concat(enr_all, ignore_index=True), pred,
                               rd / "validation")
     outputs = _write(result)
-    main = summary[(summary["subset"] == "all")].to_dict(orient="records")
+    main = summary[summary["subset"] == "all"].astype(object).where(summary.notna(), None).to_dict(orient="records")
     rd.complete_stage("validate", outputs=outputs, metrics={"summary": main, "n_empty_cells": n_empty})
     return result
 
@@ -309,7 +309,8 @@ def _write(res: ValidationResult) -> list[str]:
         df.to_parquet(buf, index=False)
         atomic_write_bytes(out / f"{name}.parquet", buf.getvalue())
         written.append(f"validation/{name}.parquet")
-    atomic_write_json(out / "summary.json", res.summary.replace({np.nan: None}).to_dict(orient="records"))
+    records = res.summary.astype(object).where(res.summary.notna(), None).to_dict(orient="records")
+    atomic_write_json(out / "summary.json", records)  # NaN -> null (valid JSON)
     written.append("validation/summary.json")
     return written
 
