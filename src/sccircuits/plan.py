@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
+from .trace.accumulators import Accumulators
 from .trace.config import TraceConfig, parse_feature_spec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -438,3 +440,105 @@ def plan_trace(run=None, *, model=None, data=None, saes=None, annotation=None, o
                           config=config, progress=progress, **options)
     return plan_setup(setup, firing=firing, calibrate_cells=calibrate_cells, num_workers=num_workers,
                       progress=progress)
+
+
+# ----------------------------------------------------------------------------- dtype check
+@dataclass
+class DtypeAgreement:
+    """How far a trace moves in ``dtype`` against float32 on the same cells and features."""
+
+    dtype: str
+    n_cells: int
+    n_tests: int
+    """Tests valid (n >= min_cells, finite d) in both runs."""
+    max_abs_delta_d: float
+    mean_abs_delta_d: float
+    q99_abs_delta_d: float
+    edges_fp32: int
+    edges_dtype: int
+    edges_flipped: int
+    """Edges in one run only, or in both with opposite signs of d."""
+    frac_edges_flipped: float
+    """edges_flipped / edges in either run."""
+    firing_changed: int
+    """(source feature) cell counts that differ (feature fires in other cells in ``dtype``)."""
+    null_abs_d_q95: float | None
+    """95th percentile of |d| of the float32 null ablations (the noise floor), for scale."""
+    seconds: dict[str, float]
+    """Engine time per dtype (same work)."""
+
+    def __str__(self) -> str:
+        floor = "" if self.null_abs_d_q95 is None else f"; null-ablation |d| q95 (noise floor) {self.null_abs_d_q95:.3f}"
+        return (f"{self.dtype} vs float32 on {self.n_cells} cells, {self.n_tests} tests: |delta d| max "
+                f"{self.max_abs_delta_d:.4f}, mean {self.mean_abs_delta_d:.5f}, q99 {self.q99_abs_delta_d:.4f}{floor}\n"
+                f"edges: {self.edges_fp32} (float32) vs {self.edges_dtype} ({self.dtype}), {self.edges_flipped} flipped "
+                f"({100 * self.frac_edges_flipped:.2f}%); source firing changed in {self.firing_changed} feature(s); "
+                f"time float32 {self.seconds['float32']:.2f} s, {self.dtype} {self.seconds[self.dtype]:.2f} s")
+
+
+def compare_accumulators(a32: Accumulators, alo: Accumulators, th) -> dict:
+    """|delta d| over tests valid in both, and edges that flip (pure function of two traces of
+    the same features and cells under thresholds ``th``)."""
+    from .trace.edges import build_tables, pair_statistics
+
+    deltas = []
+    for key in sorted(k for k in a32.pairs if k[0] == "real"):
+        s32, slo = pair_statistics(a32.pairs[key], th.min_cells), pair_statistics(alo.pairs[key], th.min_cells)
+        both = s32["valid"] & slo["valid"]
+        deltas.append(np.abs(s32["d"][both] - slo["d"][both]))
+    dd = np.concatenate(deltas) if deltas else np.zeros(0)
+    cols = ["source_layer", "source_feature", "target_layer", "target_feature"]
+    e32, _, null32 = build_tables(a32, th, "fp32")
+    elo, _, _ = build_tables(alo, th, "low")
+    sign32 = dict(zip(map(tuple, e32[cols].to_numpy().tolist()), np.sign(e32["cohens_d"].to_numpy())))
+    signlo = dict(zip(map(tuple, elo[cols].to_numpy().tolist()), np.sign(elo["cohens_d"].to_numpy())))
+    k32, klo = set(sign32), set(signlo)
+    union = len(k32 | klo)
+    flipped = len(k32 ^ klo) + sum(sign32[k] != signlo[k] for k in k32 & klo)  # lost, gained or sign changed
+    floor = None
+    if len(null32) and "abs_d_q95" in null32:
+        vals = null32["abs_d_q95"].to_numpy(dtype=np.float64)
+        floor = float(np.nanmax(vals)) if np.isfinite(vals).any() else None
+    return {"n_tests": int(dd.size), "max_abs_delta_d": float(dd.max()) if dd.size else 0.0,
+            "mean_abs_delta_d": float(dd.mean()) if dd.size else 0.0,
+            "q99_abs_delta_d": float(np.quantile(dd, 0.99)) if dd.size else 0.0,
+            "edges_fp32": len(k32), "edges_dtype": len(klo), "edges_flipped": int(flipped),
+            "frac_edges_flipped": flipped / union if union else 0.0,
+            "firing_changed": int(sum((a32.active[s] != alo.active[s]).sum() for s in a32.active)),
+            "null_abs_d_q95": floor}
+
+
+def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=None,
+                    config: TraceConfig | None = None, dtype: str = "bfloat16", n_cells: int = 32,
+                    progress: bool = True, **options) -> DtypeAgreement:
+    """Trace the first ``n_cells`` of the trace's cells in float32 and in ``dtype`` (same
+    features, device, batching) and report how far Cohen's d moves and how many edges flip.
+
+    Run this before a long bf16/fp16 trace: if |delta d| is small against the null-ablation
+    noise floor and few edges flip, the low precision is safe for that model and data.
+    Nothing is written.
+    """
+    from dataclasses import replace
+
+    from .models import load_model
+    from .trace.edges import Thresholds
+    from .trace.engine import AblationEngine, TracePlan
+
+    cfg = config if config is not None else TraceConfig(**options)
+    if dtype not in DTYPE_BYTES or dtype == "float32":
+        raise ConfigError(f"dtype must be bfloat16 or float16 (compared against float32), got {dtype!r}")
+    cfg32 = replace(cfg, dtype="float32", n_cells=min(n_cells, cfg.n_cells), shard="0/1")
+    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation,
+                          out=None if run is not None else ".", config=cfg32, progress=progress)
+    plan = TracePlan(setup.features, setup.targets, cfg32.null_ablation, cfg32.null_seed, cfg32.batch_size,
+                     cfg32.encode_chunk)
+    idx = list(range(len(setup.cells)))
+    accs, seconds = {}, {}
+    for name in ("float32", dtype):
+        adapter = setup.adapter if name == "float32" else load_model(setup.info["model"], device=cfg.device, dtype=name)
+        engine = AblationEngine(adapter, setup.saes, plan)
+        t0 = time.perf_counter()
+        accs[name] = engine.run_cells(setup.cells, idx)
+        seconds[name] = time.perf_counter() - t0
+    cmp = compare_accumulators(accs["float32"], accs[dtype], Thresholds.from_config(cfg32))
+    return DtypeAgreement(dtype, len(idx), **cmp, seconds=seconds)
