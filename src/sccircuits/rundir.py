@@ -88,16 +88,16 @@ def _json_default(o: Any) -> Any:
 
 def environment() -> dict:
     """Versions that produced a result (stored with every stage)."""
-    import numpy
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "sccircuits": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-    }
+    def ver(name: str) -> str | None:  # metadata only: importing torch here would cost seconds
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"sccircuits": __version__, "python": platform.python_version(), "torch": ver("torch"),
+            "numpy": ver("numpy"), "transformers": ver("transformers"), "platform": platform.platform()}
 
 
 class RunDir:
