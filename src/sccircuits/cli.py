@@ -317,7 +317,7 @@ def train_sae_cmd(
     max_positions: Optional[int] = typer.Option(None, "--max-positions", help="train on a random subsample"),
     epochs: int = typer.Option(5, "--epochs", help="passes over the training positions"),
     batch_size: int = typer.Option(4096, "--batch-size", help="positions per step"),
-    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: 5e-3 ours, 3e-4 reference)"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     recipe: str = typer.Option("ours", "--recipe", help="ours, or reference (the published recipe, flaws included)"),
     holdout_fraction: float = typer.Option(0.1, "--holdout-fraction", help="fraction of cells held out"),
