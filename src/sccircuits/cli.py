@@ -525,6 +525,31 @@ def merge_cmd(
     print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
 
 
+# --- scale-out: dtype check (issue 10; sccircuits.plan) ---
+@app.command("check-dtype")
+def check_dtype_cmd(
+    run: Optional[Path] = typer.Option(None, "--run", help="run directory (model, cells, SAEs, annotation from it)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model directory (instead of --run)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="cells .h5ad with raw counts (instead of --run)"),
+    saes: Optional[Path] = typer.Option(None, "--saes", help="SAE directory (instead of --run)"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="low precision to check against float32: bfloat16 or float16"),
+    n_cells: int = typer.Option(32, "--n-cells", help="cells of the sample"),
+    n_features: int = typer.Option(30, "--n-features", help="source features per layer"),
+    source_layers: Optional[str] = typer.Option(None, "--source-layers", help="e.g. 0,5,11"),
+    selection: str = typer.Option("richness", "--selection", help="richness, frequency or random"),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+    batch_size: int = typer.Option(16, "--batch-size", help="ablated sequences per forward pass"),
+) -> None:
+    """Trace a sample in float32 and in --dtype; print how far Cohen's d moves and edges flip."""
+    from .plan import dtype_agreement
+    from .trace import TraceConfig
+
+    layers = None if source_layers is None else [int(x) for x in source_layers.split(",") if x.strip()]
+    cfg = TraceConfig(source_layers=layers, n_features=n_features, selection=selection, n_cells=n_cells,
+                      device=device, batch_size=batch_size)
+    print(dtype_agreement(run, model=model, data=data, saes=saes, config=cfg, dtype=dtype, n_cells=n_cells))
+
+
 # --- end of commands ---
 
 

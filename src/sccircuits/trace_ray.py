@@ -340,3 +340,21 @@ def _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_pe
     finally:
         if started:
             ray.shutdown()
+
+
+def run_trace(run=None, *, executor: str = "local", plan: bool = False, address: str | None = None,
+              num_workers: int = 2, **kwargs):
+    """What ``sccircuits trace`` runs: the plan only (``plan=True``, returns a
+    :class:`~sccircuits.plan.TracePlanReport`; print it), a local trace (``executor="local"``)
+    or a Ray trace (``executor="ray"``). ``kwargs`` are :func:`sccircuits.trace.trace`'s."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if plan:
+        from .plan import plan_trace
+
+        return plan_trace(run, num_workers=num_workers if executor == "ray" else 1, **kwargs)
+    if executor == "ray":
+        return trace_with_ray(run, address=address, num_workers=num_workers, **kwargs)
+    from .trace import trace
+
+    return trace(run, **kwargs)
