@@ -226,10 +226,13 @@ class AblationEngine:
         """Per job, the sum over its fired positions of encode(ablated) - encode(clean), float64."""
         sums = torch.zeros(n_rows, codes.d, dtype=torch.float64, device=h_abl.device)
         chunk = self.plan.encode_chunk
+        rows = torch.arange(n_rows, device=h_abl.device)
         for i in range(0, len(h_abl), chunk):
             za = self._encode(t, h_abl[i:i + chunk])
             diff = (za - codes.dense(clean_rows[i:i + chunk])).to(torch.float64)
-            sums.index_add_(0, job_of[i:i + chunk], diff)
+            # segment sums as a (jobs x positions) one-hot product: much faster than index_add_
+            onehot = (job_of[i:i + chunk][None, :] == rows[:, None]).to(torch.float64)
+            sums += onehot @ diff
         return sums
 
 
