@@ -24,10 +24,8 @@ cells, same features, same block fingerprint); the Ray executor (``trace_ray.py`
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
