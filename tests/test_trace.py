@@ -213,3 +213,20 @@ def test_cli_trace_and_error_exit_code(inputs, tiny_geneformer, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sccircuits.cli"] + args + ["--features", "0:999"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown feature id(s) [999]" in bad.stderr
+
+
+def test_rerun_with_other_thresholds_reuses_statistics(inputs, tiny_geneformer, single_run, tmp_path, monkeypatch):
+    import shutil
+
+    from sccircuits.trace import engine
+
+    run = tmp_path / "copy"
+    shutil.copytree(single_run, run)
+    before = load_trace(run)[0]
+    monkeypatch.setattr(engine.AblationEngine, "run_cells", lambda *a, **k: pytest.fail("recomputed"))
+    opts = {**RUN_OPTS}
+    res = trace(model=tiny_geneformer, data=inputs["cells"], saes=inputs["ours"], out=run, progress=False,
+                d_threshold=2.0, top_per_layer=0, **opts)
+    strong = before[before.cohens_d.abs() > 2.0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(res.edges.drop(columns="in_cap"), strong.drop(columns="in_cap"), check_exact=True)
+    assert res.edges["in_cap"].all()

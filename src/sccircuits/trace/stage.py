@@ -255,6 +255,10 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
     atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
 
+    done = _finished_statistics(trace_dir, fp) if n == 1 else None
+    if done is not None:  # same trace already computed: only the thresholds may differ
+        return _finish(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
+
     plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
     engine = AblationEngine(adapter, all_saes, plan)
     todo = [b for b in blocks if not _block_path(trace_dir, b).is_file()]
@@ -318,9 +322,20 @@ def _fold_blocks(trace_dirs: list[Path], meta: dict, progress: bool = True) -> A
     return total
 
 
-def _finish(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfig, t_start: float, cleanup: bool) -> TraceResult:
-    """Fold all blocks, write the tables and complete the manifest stage."""
-    total = _fold_blocks(trace_dirs, meta)
+def _finished_statistics(trace_dir: Path, fingerprint: str) -> Accumulators | None:
+    """The merged statistics of a finished trace with this fingerprint, if any (re-running a
+    finished trace with other thresholds rebuilds the tables without new forward passes)."""
+    path = trace_dir / "accumulators.npz"
+    if not path.is_file():
+        return None
+    acc, extra = Accumulators.load(path)
+    return acc if str(extra.get("fingerprint")) == fingerprint else None
+
+
+def _finish(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfig, t_start: float, cleanup: bool,
+            total: Accumulators | None = None) -> TraceResult:
+    """Fold all blocks (unless ``total`` is given), write the tables and complete the stage."""
+    total = _fold_blocks(trace_dirs, meta) if total is None else total
     never = {s: total.features[s][total.active[s] == 0].tolist() for s in total.features}
     never = {s: f for s, f in never.items() if f}
     n_feat = sum(len(f) for f in total.features.values())
@@ -328,8 +343,9 @@ def _finish(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfig, t_
         raise InputError(meta["inputs"]["data"], f"none of the {n_feat} source features fires in any of the "
                                                  f"{meta['n_cells']} traced cells; nothing to trace")
     if never:
-        warnings.warn("source features that fire in no traced cell (no edges possible): "
-                      + "; ".join(f"layer {s}: {f}" for s, f in never.items()), stacklevel=2)
+        shown = "; ".join(f"layer {s}: {f[:20]}" + (f" and {len(f) - 20} more" if len(f) > 20 else "")
+                          for s, f in never.items())
+        warnings.warn(f"source features that fire in no traced cell (no edges possible): {shown}", stacklevel=2)
     catalogs = None
     if meta.get("annotation"):
         from ..annotate import load_annotation
