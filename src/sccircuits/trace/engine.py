@@ -95,7 +95,8 @@ class AblationEngine:
         self.null_dirs: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for s, feats in plan.features.items():
-                w = self.saes[s].W_dec.detach().to(torch.float32)[torch.as_tensor(feats, dtype=torch.long, device=w_device(self.saes[s]))]
+                w_dec = self.saes[s].W_dec.detach().to(torch.float32)
+                w = w_dec[torch.as_tensor(feats, dtype=torch.long, device=w_dec.device)]
                 self.dirs[s] = w
                 if plan.null:
                     d = w.shape[1]
@@ -234,7 +235,3 @@ class AblationEngine:
             onehot = (job_of[i:i + chunk][None, :] == rows[:, None]).to(torch.float64)
             sums += onehot @ diff
         return sums
-
-
-def w_device(sae) -> torch.device:
-    return sae.W_dec.device
