@@ -128,5 +128,20 @@ def test_finer_tasks_give_the_same_edges(ray_cluster, inputs, local, tmp_path):
     keys = ["source_layer", "source_feature", "target_layer", "target_feature"]
     pd.testing.assert_frame_equal(res.edges[keys], want[keys])
     np.testing.assert_allclose(res.edges["cohens_d"], want["cohens_d"], rtol=1e-4)
-    m, w = _metrics(tmp_path), _metrics(local)
-    assert m["ablations"] == w["ablations"] and m["cells"] == w["cells"]
+    assert _metrics(tmp_path)["ablations"] == _metrics(local)["ablations"]
+    a, _ = Accumulators.load(tmp_path / "trace" / "accumulators.npz")
+    b, _ = Accumulators.load(local / "trace" / "accumulators.npz")
+    assert a.counters["cells"] == b.counters["cells"] == 8  # each cell counted once over its tasks
+    assert a.counters["clean_forward_passes"] > b.counters["clean_forward_passes"]  # one per task: real work
+
+
+def test_run_trace_dispatch(inputs, tmp_path):
+    from sccircuits.plan import TracePlanReport
+    from sccircuits.trace_ray import run_trace
+
+    with pytest.raises(ConfigError, match="executor"):
+        run_trace(**inputs, out=tmp_path, executor="dask", progress=False, **OPTS)
+    rep = run_trace(**inputs, out=tmp_path, executor="ray", plan=True, num_workers=3, calibrate_cells=0,
+                    progress=False, **OPTS)
+    assert isinstance(rep, TracePlanReport) and rep.num_workers == 3
+    assert not (tmp_path / "trace").exists()  # planning writes nothing
