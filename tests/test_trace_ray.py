@@ -91,6 +91,15 @@ def test_assemble_block_from_feature_parts(inputs):
         assert got.counters[k] == want.counters[k]
 
 
+def test_workers_capped_by_cluster_resources():
+    from sccircuits.trace_ray import _fitting_workers
+
+    assert _fitting_workers({"CPU": 2.0}, 1, 0) == 2
+    assert _fitting_workers({"CPU": 16.0, "GPU": 2.0}, 1, 1) == 2  # one GPU per worker
+    with pytest.raises(ConfigError, match="GPU"):
+        _fitting_workers({"CPU": 2.0}, 1, 1)  # --device cuda on a cluster without GPUs: refuse, not hang
+
+
 def test_shard_option_is_refused(inputs, tmp_path):
     with pytest.raises(ConfigError, match="shard"):
         trace_with_ray(**inputs, out=tmp_path, shard="0/2", progress=False, **OPTS)

@@ -34,6 +34,7 @@ import hashlib
 import logging
 import os
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,16 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
     return result
 
 
+def _fitting_workers(resources: dict, cpus: float, gpus: float) -> int:
+    """How many workers of ``cpus`` CPUs and ``gpus`` GPUs the cluster holds (at least 1), so
+    that no task waits forever for an actor that can never be scheduled."""
+    fits = [int(resources.get(name, 0) // need) for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+    if fits and min(fits) == 0:
+        raise ConfigError(f"the Ray cluster ({resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU) cannot "
+                          f"hold one worker of {cpus:g} CPU and {gpus:g} GPU (use --device cpu without GPUs)")
+    return min(fits) if fits else 1_000_000
+
+
 def _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_per_worker, max_retries,
                fp, trace_dir, stats: RayStats, progress, crash_once, tqdm) -> None:
     """Schedule ``tasks`` on ``num_workers`` actors; write each finished block once."""
@@ -281,7 +292,11 @@ def _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_pe
                 "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk}
         new_actor = lambda: Actor.remote(str(info["model"]), str(info["saes"]), cfg.device, cfg.dtype,  # noqa: E731
                                          dict(plan), cells_ref, setup.targets, crash_once)
-        actors = [new_actor() for _ in range(min(num_workers, len(tasks)))]
+        n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))
+        if n_actors < min(num_workers, len(tasks)):
+            warnings.warn(f"the Ray cluster has room for {n_actors} worker(s) of {cpus_per_worker} CPU and {gpus} GPU; "
+                          f"using {n_actors} instead of {num_workers}", stacklevel=3)
+        actors = [new_actor() for _ in range(n_actors)]
         queue = deque(tasks)
         idle = deque(range(len(actors)))
         pending: dict = {}  # ObjectRef -> (task, actor slot)
