@@ -125,7 +125,7 @@ def pretrain_demo_cmd(
     kind: str = typer.Option("both", "--kind", help="geneformer, scgpt or both"),
     seed: int = typer.Option(0, "--seed", help="random seed (weights, masking, held-out cells)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default: the shipped models' setting)"),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for torch"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
 ) -> None:
     """Train the small demo models on the bundled PBMC cells (masked gene / masked value prediction)."""
     from .pretrain import PretrainConfig, pretrain_demo
@@ -490,9 +490,14 @@ def trace_cmd(
     null_ablation: bool = typer.Option(True, "--null-ablation/--no-null-ablation", help="random-direction noise floor"),
     null_seed: int = typer.Option(0, "--null-seed", help="seed of the null directions"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="value of the 'model' column"),
+    executor: str = typer.Option("local", "--executor", help="local, or ray (distributed; pip install 'sccircuits[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
+    num_workers: int = typer.Option(2, "--num-workers", help="Ray workers (one GPU each with --device cuda)"),
+    plan: bool = typer.Option(False, "--plan", help="print forward passes, time and memory estimates; trace nothing"),
 ) -> None:
     """Ablate source SAE features and measure every downstream SAE feature (edges.parquet)."""
-    from .trace import TraceConfig, trace
+    from .trace import TraceConfig
+    from .trace_ray import run_trace
 
     layers = None if source_layers is None else [int(x) for x in source_layers.split(",") if x.strip()]
     cfg = TraceConfig(source_layers=layers, n_features=n_features, features=features, all_active=all_active,
@@ -502,7 +507,11 @@ def trace_cmd(
                       consistency_threshold=consistency_threshold, consistency_kind=consistency_kind,
                       min_cells=min_cells, max_q=max_q, top_per_layer=top_per_layer, null_ablation=null_ablation,
                       null_seed=null_seed, model_name=model_name)
-    res = trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg)
+    res = run_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg,
+                    executor=executor, address=address, num_workers=num_workers, plan=plan)
+    if plan:
+        print(res)
+        return
     m = res.metrics
     if res.edges is None:
         print(f"shard {shard} done ({len(m['blocks'])} blocks) in {res.out / 'trace'}; "
