@@ -1,0 +1,163 @@
+"""Demo-model pretraining: helpers, a tiny end-to-end run, and the shipped demo models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sccircuits import datasets
+from sccircuits.errors import ConfigError
+from sccircuits.models import load_model
+from sccircuits.pretrain import (GENEFORMER_SPECIALS, PretrainConfig, choose_masked, evaluate_geneformer,
+                                 evaluate_scgpt, load_scgpt_decoder, lr_at, mask_geneformer, nonzero_medians,
+                                 pretrain_demo, split_cells)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def test_split_cells_is_seeded_disjoint_and_complete():
+    tr, te = split_cells(100, 0.1, seed=3)
+    assert len(te) == 10 and len(tr) == 90
+    assert sorted(np.r_[tr, te].tolist()) == list(range(100))
+    tr2, te2 = split_cells(100, 0.1, seed=3)
+    assert np.array_equal(te, te2) and not np.array_equal(te, split_cells(100, 0.1, seed=4)[1])
+
+
+def test_choose_masked_counts():
+    rng = np.random.default_rng(0)
+    pos = choose_masked(np.arange(1, 21), 0.15, rng)
+    assert len(pos) == 3 and len(set(pos.tolist())) == 3 and pos.min() >= 1
+    assert len(choose_masked(np.arange(2), 0.15, rng)) == 1  # at least one
+
+
+def test_mask_geneformer_eval_style_masks_only_genes():
+    ids = np.array([2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 3])
+    gm = np.r_[False, np.ones(10, bool), False]
+    inp, lab = mask_geneformer(ids, gm, 0.3, np.random.default_rng(0), 1, np.arange(4, 30), bert_style=False)
+    where = lab != -100
+    assert where.sum() == 3 and not where[0] and not where[-1]
+    assert np.all(inp[where] == 1) and np.array_equal(lab[where], ids[where])
+    assert np.array_equal(inp[~where], ids[~where])
+
+
+def test_nonzero_medians_hand_computed():
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(np.array([[1.0, 0.0, 0.0], [3.0, 2.0, 0.0], [0.0, 6.0, 0.0]]))
+    totals = np.array([2.0, 5.0, 6.0])
+    # gene 0: 1/2*1e4=5000, 3/5*1e4=6000 -> 5500 ; gene 1: 4000, 10000 -> 7000 ; gene 2 never: 1.0
+    np.testing.assert_allclose(nonzero_medians(X, totals), [5500.0, 7000.0, 1.0])
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 1.0, 0.1) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 0.1) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, 0.1) == pytest.approx(0.5)
+    assert lr_at(99, 100, 1.0, 0.1) > 0
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        PretrainConfig(out="x", kind="bert")
+    with pytest.raises(ConfigError):
+        PretrainConfig(out="x", d_model=30, n_heads=4)
+    with pytest.raises(ConfigError):
+        PretrainConfig(out="")
+
+
+# ------------------------------------------------------------------------------------------ tiny run
+
+TINY = dict(n_layers=2, d_model=16, n_heads=2, d_ff=32, max_length=32, epochs=1, batch_size=8, max_cells=40)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    if (path / "model.safetensors").exists():
+        return load_file(path / "model.safetensors")
+    return torch.load(path / "best_model.pt", map_location="cpu", weights_only=True)
+
+
+def test_tiny_pretrain_writes_loadable_dirs_deterministically(tmp_path):
+    r1 = pretrain_demo(PretrainConfig(out=str(tmp_path / "a"), **TINY))
+    r2 = pretrain_demo(PretrainConfig(out=str(tmp_path / "b"), **TINY))
+    for kind in ("geneformer", "scgpt"):
+        a, b = tmp_path / "a" / f"demo-{kind}", tmp_path / "b" / f"demo-{kind}"
+        wa, wb = _weights(a), _weights(b)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), kind
+        assert r1[kind]["loss_per_epoch"] == r2[kind]["loss_per_epoch"]
+        m = load_model(a)
+        assert m.kind == kind and m.n_layers == 2 and m.d_model == 16
+        info = json.loads((a / "training.json").read_text())
+        assert len(info["held_out_cells"]) == 4 and info["n_train_cells"] + info["n_test_cells"] == 40
+    assert not list((tmp_path / "a").glob(".demo-*"))  # no partial directories left
+    sc = torch.load(tmp_path / "a" / "demo-scgpt" / "best_model.pt", weights_only=True)
+    assert {"decoder.fc.0.weight", "decoder.fc.4.bias"} <= set(sc)
+
+
+def test_one_kind_only_and_cli_rejects_bad_kind(tmp_path):
+    from typer.testing import CliRunner
+
+    from sccircuits.cli import app
+
+    report = pretrain_demo(PretrainConfig(out=str(tmp_path), kind="scgpt", **TINY))
+    assert set(report) == {"scgpt"} and not (tmp_path / "demo-geneformer").exists()
+    res = CliRunner().invoke(app, ["pretrain-demo", "--kind", "bert", "--out", str(tmp_path)])
+    assert isinstance(res.exception, ConfigError)
+
+
+# ------------------------------------------------------------------------------------------ shipped models
+
+def _pbmc_split(kind):
+    adata = datasets.pbmc()
+    info = json.loads((datasets.demo_model_path(kind) / "training.json").read_text())
+    held = set(info["held_out_cells"])
+    is_test = np.array([c in held for c in adata.obs_names])
+    return adata, info, np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def test_shipped_geneformer_beats_frequency_baseline_on_held_out_cells():
+    adata, info, tr, te = _pbmc_split("geneformer")
+    m = load_model(datasets.demo_model_path("geneformer"))
+    train = m.tokenize(adata[tr], gene_column="ensembl_id")
+    test = m.tokenize(adata[te[:30]], gene_column="ensembl_id")  # a small held-out slice
+    ev = evaluate_geneformer(m.model, train, test, frac=0.15, seed=123)
+    assert ev["n_masked"] > 300
+    assert ev["trained"] > ev["frequency_baseline"] and ev["trained"] > ev["position_frequency_baseline"]
+
+
+def test_shipped_scgpt_beats_frequency_baseline_on_held_out_cells():
+    adata, info, tr, te = _pbmc_split("scgpt")
+    path = datasets.demo_model_path("scgpt")
+    m = load_model(path)
+    train = m.tokenize(adata[tr])
+    test = m.tokenize(adata[te[:30]])
+    dec = load_scgpt_decoder(path, m.d_model)
+    ev = evaluate_scgpt(m.model, dec, train, test, m.pad_id, frac=0.4, seed=123)
+    assert ev["n_masked"] > 500
+    # the metric is the mean squared error of the masked bins: lower is better
+    assert ev["trained"] < ev["frequency_baseline"]
+    assert ev["pearson_r"] > 0.3
+
+
+def test_shipped_demo_models_map_pbmc_cells():
+    from sccircuits.inspect import inspect_data, inspect_model
+
+    for kind in datasets.DEMO_KINDS:
+        path = datasets.demo_model_path(kind)
+        facts = inspect_model(path)
+        assert facts["kind"] == kind
+        assert sum(f.stat().st_size for f in path.iterdir()) < 10e6
+    adata = datasets.pbmc()
+    g = load_model(datasets.demo_model_path("geneformer")).tokenize(adata)  # symbols via the name dict
+    assert len(g) == 700 and g.info["genes_mapped"] >= 740
+    s = load_model(datasets.demo_model_path("scgpt")).tokenize(adata)
+    assert len(s) == 700 and s.info["genes_mapped"] == 765
+    from sccircuits.datasets.pbmc import asset_path
+
+    for kind, column in (("geneformer", "ensembl_id"), ("scgpt", None)):
+        facts = inspect_data(datasets.demo_model_path(kind), asset_path(), gene_column=column)
+        assert facts["cells_kept"] == 700 and facts["genes_mapped"] >= 740
