@@ -23,6 +23,19 @@ def test_hypergeometric_p_hand_computed():
     assert p == pytest.approx([32 / 52360, 1.0, 32 / 52360])
 
 
+def test_hypergeometric_unique_matches_scipy_on_both_key_paths():
+    from sccircuits.stats import hypergeom_sf
+
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 10, 500)
+    n = k + rng.integers(0, 10, 500)
+    K = k + rng.integers(0, 300, 500)
+    for N in (n + K + rng.integers(0, 50, 500),          # small key space: presence table
+              n + K + rng.integers(0, 10**6, 500)):      # large key space: 1-D unique
+        expected = np.clip(hypergeom_sf(k, n, K, N), 0, 1)
+        assert enrich.hypergeom_unique(k, n, K, N) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
 def test_bh_with_untested_equals_statsmodels_on_padded_vector():
     from statsmodels.stats.multitest import multipletests
 
@@ -238,6 +251,24 @@ def test_rewiring_preserves_degrees():
     assert np.all(cur[:, 0] < cur[:, 1])
     assert len({tuple(e) for e in cur.tolist()}) == len(cur)
     assert not np.array_equal(np.sort(cur, axis=0), np.sort(edges, axis=0))
+
+
+def test_pair_counts_equal_adjacency_counts():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(2)
+    n = 80
+    edges = np.unique(np.sort(rng.integers(0, n, size=(300, 2)), axis=1), axis=0)
+    edges = edges[edges[:, 0] < edges[:, 1]]
+    rows = np.repeat(np.arange(30), 6)
+    S = sp.csr_matrix((np.ones(rows.size), (rows, rng.integers(0, n, rows.size))), shape=(30, n))
+    S.sum_duplicates()
+    S.data[:] = 1
+    keys = np.sort(network._keys(edges[:, 0], edges[:, 1], n))
+    pr, pk = network.set_pairs(S, n)
+    naive = [sum(1 for a, b in edges.tolist() if S[r, a] and S[r, b]) for r in range(30)]
+    assert network.count_pairs(keys, pr, pk, 30).tolist() == naive
+    assert network.within_counts(S, edges, n).tolist() == naive
 
 
 def test_degree_null_finds_a_planted_module():

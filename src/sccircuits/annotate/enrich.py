@@ -59,7 +59,7 @@ def bh_with_untested(p: np.ndarray, n_tests: int) -> np.ndarray:
         return p.copy()
     if n_tests < n:
         raise ValueError(f"n_tests ({n_tests}) is smaller than the number of p-values ({n})")
-    order = np.argsort(p, kind="mergesort")
+    order = np.argsort(p)  # ties get equal q whatever their order
     ranked = p[order] * n_tests / np.arange(1, n + 1)
     ranked = np.minimum.accumulate(ranked[::-1])[::-1]
     q = np.empty(n)
@@ -68,14 +68,41 @@ def bh_with_untested(p: np.ndarray, n_tests: int) -> np.ndarray:
 
 
 def hypergeom_unique(overlap, set_size, term_size, background) -> np.ndarray:
-    """:func:`~sccircuits.stats.hypergeom_sf` computed once per distinct argument tuple."""
+    """:func:`~sccircuits.stats.hypergeom_sf` computed once per distinct argument tuple.
+
+    The tuples are packed into one int64 key (mixed radix) so that finding the distinct ones
+    is a 1-D sort; a handful of thousand scipy calls then serve millions of tests.
+    """
     args = [np.asarray(a, dtype=np.int64).reshape(-1) for a in (overlap, set_size, term_size, background)]
     size = max(a.size for a in args)
     args = [np.broadcast_to(a, (size,)) for a in args]
     if size == 0:
         return np.zeros(0)
-    table = np.stack(args, axis=1)
-    uniq, inverse = np.unique(table, axis=0, return_inverse=True)
+    if min(int(a.min()) for a in args) < 0:
+        raise ValueError("hypergeometric arguments must be non-negative")
+    low = [int(a.min()) for a in args]
+    radix = [int(a.max()) - lo + 1 for a, lo in zip(args, low)]  # constant arguments cost nothing
+    n_keys = float(np.prod([float(r) for r in radix]))
+    if n_keys < 2.0**62:
+        key = np.zeros(size, dtype=np.int64)
+        for a, lo, r in zip(args, low, radix):
+            key = key * r + (a - lo)
+        if n_keys <= 5e7:  # small key space: a presence table instead of a sort
+            present = np.zeros(int(n_keys), dtype=bool)
+            present[key] = True
+            uniq_key = np.flatnonzero(present)
+            lookup = np.zeros(int(n_keys), dtype=np.int64)
+            lookup[uniq_key] = np.arange(uniq_key.size)
+            inverse = lookup[key]
+        else:
+            uniq_key, inverse = np.unique(key, return_inverse=True)
+        cols, rest = [], uniq_key.copy()
+        for lo, r in zip(reversed(low), reversed(radix)):  # decode the mixed-radix keys
+            cols.append(rest % r + lo)
+            rest //= r
+        uniq = np.stack(cols[::-1], axis=1)
+    else:  # astronomically large arguments: row-wise unique (slower, same result)
+        uniq, inverse = np.unique(np.stack(args, axis=1), axis=0, return_inverse=True)
     p = hypergeom_sf(uniq[:, 0], uniq[:, 1], uniq[:, 2], uniq[:, 3])
     return np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)[inverse.reshape(-1)]
 
@@ -110,36 +137,42 @@ def prepare_library(name: str, sets: Mapping[str, tuple[str, frozenset[str]]],
                    m[keep].T.tocsc(), sizes[keep].astype(np.int64))
 
 
-def overlap_tests(S: sp.csr_matrix, lib: Library, min_overlap: int = 1) -> pd.DataFrame:
+def overlap_tests(S: sp.csr_matrix, lib: Library, min_overlap: int = 1) -> dict[str, np.ndarray]:
     """Overlap of every feature set (rows of ``S``) with every term, where >= ``min_overlap``.
 
-    Returns columns row (row of S), term (column of lib), overlap, as int64.
+    Returns int64 arrays row (row of S), term (column of lib), overlap.
     """
     o = (S.astype(np.int32) @ lib.matrix.astype(np.int32)).tocoo()
     keep = o.data >= min_overlap
-    return pd.DataFrame({"row": o.row[keep].astype(np.int64), "term": o.col[keep].astype(np.int64),
-                         "overlap": o.data[keep].astype(np.int64)})
+    return {"row": o.row[keep].astype(np.int64), "term": o.col[keep].astype(np.int64),
+            "overlap": o.data[keep].astype(np.int64)}
 
 
 def test_library(S: sp.csr_matrix, set_sizes: np.ndarray, lib: Library, background: int,
-                 min_overlap: int = 1, clip_table: bool = False) -> pd.DataFrame:
+                 min_overlap: int = 1, clip_table: bool = False) -> dict[str, np.ndarray]:
     """Hypergeometric tests of the feature sets against one library (pairs with overlap >=
     ``min_overlap``; pairs below have p = 1 and are left out).
 
-    Columns: row, term, overlap, set_size, term_size, background_size, odds_ratio, p_value.
-    ``clip_table`` (reference mode) raises the background to set + term - overlap where the
-    2x2 table would otherwise have a negative cell.
+    Returns arrays row, term, overlap, set_size, term_size, background_size, p_value (odds
+    ratios come later, for the rows kept: :func:`add_odds_ratio`). ``clip_table`` (reference
+    mode) raises the background to set + term - overlap where the 2x2 table would otherwise
+    have a negative cell.
     """
     t = overlap_tests(S, lib, min_overlap)
-    k = t["overlap"].to_numpy()
-    n = np.asarray(set_sizes, dtype=np.int64)[t["row"].to_numpy()]
-    K = lib.term_sizes[t["term"].to_numpy()]
+    k = t["overlap"]
+    n = np.asarray(set_sizes, dtype=np.int64)[t["row"]]
+    K = lib.term_sizes[t["term"]].astype(np.int64)
     N = np.full(k.size, int(background), dtype=np.int64)
     if clip_table:
         N = np.maximum(N, n + K - k)
-    t["set_size"], t["term_size"], t["background_size"] = n, K, N
+    t.update(set_size=n, term_size=K, background_size=N, p_value=hypergeom_unique(k, n, K, N))
+    return t
+
+
+def add_odds_ratio(t: pd.DataFrame) -> pd.DataFrame:
+    """Add the sample odds ratio of each row's 2x2 table [[k, n-k], [K-k, N-n-K+k]]."""
+    k, n, K, N = (t[c].to_numpy(dtype=np.int64) for c in ("overlap", "set_size", "term_size", "background_size"))
     t["odds_ratio"] = odds_ratio(k, n - k, K - k, N - n - K + k)
-    t["p_value"] = hypergeom_unique(k, n, K, N)
     return t
 
 

@@ -66,15 +66,57 @@ def within_genes(S: sp.csr_matrix, edges: np.ndarray, n_genes: int) -> list[np.n
 
 
 def _keys(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """One int64 key per undirected edge: min * n + max."""
     return np.minimum(u, v) * n + np.maximum(u, v)
 
 
-def rewire_round(edges: np.ndarray, n_genes: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray, keys_sorted: bool = False) -> np.ndarray:
+    """Boolean mask: which ``keys`` are in the sorted array ``sorted_keys`` (the look-up runs
+    on sorted needles, much faster than random ones on large arrays)."""
+    if sorted_keys.size == 0 or keys.size == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    if not keys_sorted:
+        order = np.argsort(keys)
+        out = np.empty(keys.shape, dtype=bool)
+        out[order] = _contains(sorted_keys, keys[order], keys_sorted=True)
+        return out
+    idx = np.searchsorted(sorted_keys, keys)
+    return sorted_keys[np.minimum(idx, sorted_keys.size - 1)] == keys
+
+
+def set_pairs(S: sp.csr_matrix, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered gene pair inside each row's set: (row of each pair, pair key), sorted by key."""
+    S = S.tocsr()
+    rows, keys = [], []
+    for r in range(S.shape[0]):
+        g = np.sort(S.indices[S.indptr[r]:S.indptr[r + 1]]).astype(np.int64)
+        if g.size < 2:
+            continue
+        i, j = np.triu_indices(g.size, k=1)
+        keys.append(g[i] * n_genes + g[j])
+        rows.append(np.full(i.size, r, dtype=np.int64))
+    if not keys:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    rows, keys = np.concatenate(rows), np.concatenate(keys)
+    order = np.argsort(keys, kind="stable")  # sorted needles make later look-ups cache-friendly
+    return rows[order], keys[order]
+
+
+def count_pairs(edge_keys_sorted: np.ndarray, pair_rows: np.ndarray, pair_keys: np.ndarray,
+                n_rows: int) -> np.ndarray:
+    """Per row, how many of its gene pairs are edges (edge keys and pair keys sorted)."""
+    hit = _contains(edge_keys_sorted, pair_keys, keys_sorted=True)
+    return np.bincount(pair_rows[hit], minlength=n_rows).astype(np.int64)
+
+
+def rewire_round(edges: np.ndarray, n_genes: int, rng: np.random.Generator,
+                 sorted_keys: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """One vectorised round of double-edge swaps; returns (new edges, swaps accepted).
 
     Edges are paired at random; each pair (a, b), (c, d) becomes (a, d), (c, b) or (a, c),
     (b, d). A swap is rejected if it would create a self-loop, an edge already present, or an
     edge another swap of the same round creates. Every gene keeps its degree.
+    ``sorted_keys``: the sorted edge keys of ``edges`` if the caller has them.
     """
     E = len(edges)
     if E < 2:
@@ -87,14 +129,14 @@ def rewire_round(edges: np.ndarray, n_genes: int, rng: np.random.Generator) -> t
     u1, v1 = a, np.where(flip, c, d)
     u2, v2 = np.where(flip, b, c), np.where(flip, d, b)
     k1, k2 = _keys(u1, v1, n_genes), _keys(u2, v2, n_genes)
-    current = np.sort(_keys(edges[:, 0], edges[:, 1], n_genes))
-    ok = (u1 != v1) & (u2 != v2) & (k1 != k2)
-    ok &= ~np.isin(k1, current, assume_unique=False) & ~np.isin(k2, current, assume_unique=False)
+    current = np.sort(_keys(edges[:, 0], edges[:, 1], n_genes)) if sorted_keys is None else sorted_keys
+    ok = (u1 != v1) & (u2 != v2) & (k1 != k2) & ~_contains(current, k1) & ~_contains(current, k2)
     # new edges proposed twice within the round: reject every swap proposing them
-    new = np.concatenate([k1[ok], k2[ok]])
-    uniq, counts = np.unique(new, return_counts=True)
-    dup = uniq[counts > 1]
-    ok &= ~(np.isin(k1, dup) | np.isin(k2, dup))
+    new = np.sort(np.concatenate([k1[ok], k2[ok]]))
+    dup = new[1:][new[1:] == new[:-1]]
+    if dup.size:
+        dup = np.unique(dup)
+        ok &= ~(_contains(dup, k1) | _contains(dup, k2))
     out = edges.copy()
     out[i[ok]] = np.stack([np.minimum(u1, v1), np.maximum(u1, v1)], axis=1)[ok]
     out[j[ok]] = np.stack([np.minimum(u2, v2), np.maximum(u2, v2)], axis=1)[ok]
@@ -110,17 +152,22 @@ def degree_null_test(S: sp.csr_matrix, edges: np.ndarray, n_genes: int, n_perm: 
     every ``thin`` rounds gives one null network. Returns (observed (F,), null mean (F,),
     p (F,) = (1 + #null >= observed) / (1 + n_perm)).
     """
-    observed = within_counts(S, edges, n_genes)
-    ge = np.zeros(S.shape[0], dtype=np.int64)
-    total = np.zeros(S.shape[0], dtype=np.float64)
+    pair_rows, pair_keys = set_pairs(S, n_genes)
+    n_rows = S.shape[0]
+    keys = np.sort(_keys(edges[:, 0], edges[:, 1], n_genes)) if len(edges) else np.zeros(0, dtype=np.int64)
+    observed = count_pairs(keys, pair_rows, pair_keys, n_rows)
+    ge = np.zeros(n_rows, dtype=np.int64)
+    total = np.zeros(n_rows, dtype=np.float64)
     rng = np.random.default_rng(seed)
     current = edges
     for _ in range(burn_in):
-        current, _ = rewire_round(current, n_genes, rng)
+        current, _ = rewire_round(current, n_genes, rng, keys)
+        keys = np.sort(_keys(current[:, 0], current[:, 1], n_genes))
     for _ in tqdm(range(n_perm), desc=progress or "network null", disable=progress is None, leave=False):
         for _ in range(thin):
-            current, _ = rewire_round(current, n_genes, rng)
-        null = within_counts(S, current, n_genes)
+            current, _ = rewire_round(current, n_genes, rng, keys)
+            keys = np.sort(_keys(current[:, 0], current[:, 1], n_genes))
+        null = count_pairs(keys, pair_rows, pair_keys, n_rows)
         ge += null >= observed
         total += null
     p = (1.0 + ge) / (1.0 + n_perm)

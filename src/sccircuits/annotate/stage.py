@@ -125,36 +125,40 @@ def annotate_layer(catalog: pd.DataFrame, libraries: Mapping[str, GeneSets],
     tested = np.flatnonzero(sizes_all >= cfg.min_set_size)
     S, sizes = S_all[tested], sizes_all[tested]
 
-    tables: list[pd.DataFrame] = []
-    lib_members: dict[str, dict[str, frozenset[str]]] = {}
+    results: list[tuple[enrich.Library, dict[str, np.ndarray]]] = []
+    lib_members: dict[str, GeneSets] = {}
     for name, gs in libraries.items():
         lib = enrich.prepare_library(name, gs, index, cfg.min_term_size, cfg.max_term_size, intersect=not compat)
         t = enrich.test_library(S, sizes, lib, N, min_overlap=2 if compat else 1, clip_table=compat)
-        if not compat:
-            t["q_value"] = enrich.bh_with_untested(t["p_value"].to_numpy(), len(tested) * len(lib.term_ids))
-        t = _named(t, tested, name, lib, "gene_set")
-        lib_members[name] = {tid: frozenset(g.upper() for g in gs[tid][1]) for tid in lib.term_ids}
-        tables.append(t)
+        if not compat:  # BH per library over every (tested feature, term) pair
+            t["q_value"] = enrich.bh_with_untested(t["p_value"], len(tested) * len(lib.term_ids))
+        lib_members[name] = gs
+        results.append((lib, t))
     if compat and "TRRUST" in networks:  # the published TF-enrichment test, pooled in the BH
         tfs = {a.upper() for a, _ in networks["TRRUST"]} & set(universe)
         lib = enrich.Library("TRRUST_TF_enrichment", np.array(["TRRUST:TF"], dtype=object),
                              np.array(["transcription factors (TRRUST)"], dtype=object),
                              enrich.membership([sorted(tfs)], index).T.tocsc(), np.array([len(tfs)]))
-        t = enrich.test_library(S, sizes, lib, N, min_overlap=2, clip_table=True)
-        tables.append(_named(t, tested, lib.name, lib, "gene_set"))
-        lib_members[lib.name] = {"TRRUST:TF": frozenset(tfs)}
-    gene_sets = pd.concat(tables, ignore_index=True) if tables else _empty()
-    if compat:  # BH over every test run in the layer, all libraries together
+        results.append((lib, enrich.test_library(S, sizes, lib, N, min_overlap=2, clip_table=True)))
+        lib_members[lib.name] = {"TRRUST:TF": ("", frozenset(tfs))}
+    if compat and results:  # BH over every test run in the layer, all libraries together
         from ..stats import bh_fdr
 
-        gene_sets["q_value"] = bh_fdr(gene_sets["p_value"].to_numpy()) if len(gene_sets) else []
-        gene_sets["significant"] = gene_sets["q_value"] <= cfg.alpha
-    else:
-        gene_sets["significant"] = gene_sets["q_value"] < cfg.alpha
-    keep = gene_sets["significant"] | (gene_sets["q_value"] <= cfg.store_max_q)
-    gene_sets = gene_sets[keep].reset_index(drop=True)
+        q = bh_fdr(np.concatenate([t["p_value"] for _, t in results]))
+        for (_, t), part in zip(results, np.split(q, np.cumsum([len(t["p_value"]) for _, t in results])[:-1])):
+            t["q_value"] = part
+    gene_sets = pd.concat([_named(t, tested, lib, cfg, compat) for lib, t in results] or [_empty()],
+                          ignore_index=True)
+    gene_sets = enrich.add_odds_ratio(gene_sets)
+    upper_terms: dict[tuple[str, str], frozenset[str]] = {}  # only the terms of stored rows
+
+    def members(lib: str, tid: str) -> frozenset[str]:
+        if (lib, tid) not in upper_terms:
+            upper_terms[lib, tid] = frozenset(g.upper() for g in lib_members[lib][tid][1])
+        return upper_terms[lib, tid]
+
     gene_sets["overlap_genes"] = [
-        [g for g in sets[f] if g.upper() in lib_members[lib][tid]]
+        [g for g in sets[f] if g.upper() in members(lib, tid)]
         for f, lib, tid in zip(gene_sets["feature"], gene_sets["library"], gene_sets["term_id"])]
 
     net_tables = [_network_rows(name, pairs, S, sizes, tested, index, universe, sets, cfg, compat, progress)
@@ -180,16 +184,19 @@ def _empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in ENRICHMENT_COLUMNS})
 
 
-def _named(t: pd.DataFrame, tested: np.ndarray, library: str, lib: enrich.Library, kind: str) -> pd.DataFrame:
-    """Test rows with feature ids, library and term names instead of matrix positions."""
-    t = t.copy()
-    t.insert(0, "feature", tested[t["row"].to_numpy()].astype(np.int64))
-    t.insert(1, "library", library)
-    terms = t["term"].to_numpy()
-    t.insert(2, "term_id", lib.term_ids[terms] if len(terms) else np.array([], dtype=object))
-    t.insert(3, "term_name", lib.term_names[terms] if len(terms) else np.array([], dtype=object))
-    t["kind"] = kind
-    return t.drop(columns=["row", "term"])
+def _named(t: dict[str, np.ndarray], tested: np.ndarray, lib: enrich.Library, cfg: AnnotateConfig,
+           compat: bool) -> pd.DataFrame:
+    """The stored rows of one library's tests (significant, or q <= store_max_q), with
+    feature ids, library and term names instead of matrix positions."""
+    q = t["q_value"]
+    significant = (q <= cfg.alpha) if compat else (q < cfg.alpha)
+    keep = significant | (q <= cfg.store_max_q)
+    terms = t["term"][keep]
+    return pd.DataFrame({
+        "feature": tested[t["row"][keep]].astype(np.int64), "library": lib.name,
+        "term_id": lib.term_ids[terms], "term_name": lib.term_names[terms],
+        **{c: t[c][keep] for c in ("overlap", "set_size", "term_size", "background_size", "p_value", "q_value")},
+        "kind": "gene_set", "significant": significant[keep]})
 
 
 def _network_rows(name, pairs, S, sizes, tested, index, universe, sets, cfg, compat, progress) -> pd.DataFrame:
