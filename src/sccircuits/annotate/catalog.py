@@ -41,7 +41,7 @@ class CatalogAccumulator:
     >>> counts = acc.result()
     """
 
-    def __init__(self, d_sae: int, flush_every: int = 20_000_000):
+    def __init__(self, d_sae: int, flush_every: int = 5_000_000):
         self.d_sae = int(d_sae)
         self.flush_every = int(flush_every)
         self.n_positions = 0
