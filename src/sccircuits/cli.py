@@ -430,7 +430,7 @@ def demo_cmd(
     trace_cells: int = typer.Option(120, help="cells traced per model"),
     n_features: int = typer.Option(8, help="source features per source layer"),
     source_layers: str = typer.Option("first,middle", help="'first,middle' or explicit layers, e.g. '0,2'"),
-    sae_epochs: int = typer.Option(8, help="SAE training epochs"),
+    sae_epochs: int = typer.Option(5, help="SAE training epochs"),
     perturbations: Optional[Path] = typer.Option(None, help="Perturb-seq .h5ad to validate against"),
     n_perm: int = typer.Option(200, help="permutations of the coherence and consensus nulls"),
 ) -> None:

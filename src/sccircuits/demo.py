@@ -27,9 +27,9 @@ class DemoConfig:
     trace_cells: int = option(120, "cells traced per model")
     n_features: int = option(8, "source features per source layer (chosen by annotation richness)")
     source_layers: str = option("first,middle", "source layers: 'first,middle' or explicit, e.g. '0,2'")
-    sae_epochs: int = option(8, "SAE training epochs")
+    sae_epochs: int = option(5, "SAE training epochs")
     sae_expansion: int = option(4, "SAE expansion factor")
-    sae_k: int = option(16, "SAE TopK")
+    sae_k: int = option(32, "SAE TopK")
     perturbations: str | None = option(None, "optional Perturb-seq .h5ad to validate against")
     n_perm: int = option(200, "permutations of the coherence and consensus nulls")
     seed: int = option(0, "seed of SAE training and the nulls")
@@ -94,7 +94,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bo
     for kind in cfg.kinds:
         model_dir = demo_model_path(kind)
         run = RunDir(out / kind)
-        runs[kind] = run.path
+        runs[kind] = rp = run.path
         n_layers = load_model(model_dir).n_layers
 
         def stage(name: str, stage_cfg, fn) -> None:
@@ -109,17 +109,16 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bo
 
         ecfg = ExtractConfig(n_cells=cfg.n_cells, dtype="float32",
                              gene_column="ensembl_id" if kind == "geneformer" else None)
-        stage("extract", None, lambda: extract(run, model_dir, data_path, ecfg, progress=progress))
-        scfg = SAETrainConfig(expansion=cfg.sae_expansion, k=cfg.sae_k, epochs=cfg.sae_epochs,
-                              batch_size=1024, lr=1e-3, seed=cfg.seed)
-        stage("train-sae", None, lambda: train_saes(run, scfg, progress=progress))
+        stage("extract", ecfg, lambda: extract(rp, model_dir, data_path, ecfg, progress=progress))
+        scfg = SAETrainConfig(expansion=cfg.sae_expansion, k=cfg.sae_k, epochs=cfg.sae_epochs, seed=cfg.seed)
+        stage("train-sae", scfg, lambda: train_saes(rp, scfg, progress=progress))
         acfg = AnnotateConfig()
-        stage("annotate", acfg, lambda: annotate(run, [gmt], acfg, progress=progress))
+        stage("annotate", acfg, lambda: annotate(rp, [gmt], acfg, progress=progress))
         tcfg = TraceConfig(source_layers=_source_layers(cfg.source_layers, n_layers), n_features=cfg.n_features,
                            n_cells=cfg.trace_cells, model_name=f"demo-{kind}")
-        stage("trace", tcfg, lambda: trace(run, config=tcfg, progress=progress))
+        stage("trace", tcfg, lambda: trace(rp, config=tcfg, progress=progress))
         ancfg = AnalyzeConfig(n_perm=cfg.n_perm, seed=cfg.seed)
-        stage("analyze", ancfg, lambda: analyze(run, ancfg))
+        stage("analyze", ancfg, lambda: analyze(rp, ancfg))
 
     compare_dir = None
     if len(runs) > 1:

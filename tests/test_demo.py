@@ -1,0 +1,38 @@
+"""A reduced demo, end to end on the shipped demo models and PBMC cells (what a newcomer runs first)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from sccircuits.demo import DemoConfig, run_demo
+
+
+def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
+    cfg = DemoConfig(n_cells=80, trace_cells=8, n_features=2, sae_epochs=1, n_perm=10)
+    report = run_demo(tmp_path, cfg, progress=False)
+    assert report == tmp_path / "report.html" and report.is_file()
+    page = report.read_text()
+    for kind in ("geneformer", "scgpt"):
+        m = json.loads((tmp_path / kind / "manifest.json").read_text())
+        for stage in ("extract", "train-sae", "annotate", "trace", "analyze"):
+            assert m["stages"][stage]["status"] == "complete", (kind, stage)
+        edges = pd.read_parquet(tmp_path / kind / "trace" / "edges.parquet")
+        assert m["stages"]["trace"]["config"]["n_cells"] == 8
+        assert f"<td>{kind}</td>" in page and f"<td>{len(edges)}</td>" in page
+    assert (tmp_path / "compare" / "comparison_table.parquet").is_file()
+    assert "Cross-model comparison" in page
+
+    capsys.readouterr()
+    run_demo(tmp_path, cfg, progress=False)  # second run: every per-model stage is reused
+    err = capsys.readouterr().err
+    assert err.count("already done, reused") == 10  # 5 stages x 2 models
+
+
+def test_demo_config_rejects_unknown_model():
+    from sccircuits.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="models must list"):
+        DemoConfig(models="bert")
