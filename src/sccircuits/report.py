@@ -347,7 +347,7 @@ def build_report(runs: list[str | os.PathLike], compare: str | os.PathLike | Non
         parts.append(img)
     summ = {r.name: edge_summary(r, cfg.capped) for r in data}
     if any(summ.values()):
-        parts.append(_table(pd.DataFrame({k: v for k, v in summ.items() if v}).T.reset_index(names="run")))
+        parts.append(_table(pd.DataFrame([{"run": k, **v} for k, v in summ.items() if v])))
 
     parts.append("<h2>Attenuation</h2><p class='note'>Edges per downstream distance, per source layer. "
                  "That effects live downstream is true by construction of the tracing, not a finding.</p>")
