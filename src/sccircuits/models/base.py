@@ -15,6 +15,21 @@ import numpy as np
 import torch
 
 
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """"float32" / "bfloat16" / "float16" (or a torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
 @dataclass
 class TokenizedCells:
     """Tokenized cells, one variable-length sequence per kept cell (special tokens included)."""

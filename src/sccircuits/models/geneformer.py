@@ -43,7 +43,7 @@ import torch
 
 from ..data import counts_matrix, gene_identifiers, looks_like_ensembl
 from ..errors import InputError
-from .base import TokenBatch, TokenizedCells, collate
+from .base import resolve_dtype, TokenBatch, TokenizedCells, collate
 from .pickles import load_dictionary
 
 V2_SPECIALS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
@@ -67,17 +67,6 @@ DICTIONARY_NAMES = {
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
-
-
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """"float32" / "bfloat16" / "float16" (or a torch dtype) -> torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}")
-    return table[dtype]
 
 
 def find_dictionary(model_dir: Path, which: str) -> Path | None:
@@ -213,7 +202,7 @@ class GeneformerAdapter:
                                                                             files["median"])
         name_dict = {} if files["name"] is None else {str(k): str(v) for k, v in
                                                       load_dictionary(files["name"]).items()}
-        dt = _resolve_dtype(dtype)
+        dt = resolve_dtype(dtype)
         device = torch.device(device)
         model = _load_hf_model(path, dt, attn_implementation).to(device)
         return cls(model, path, token_dict, median_dict, name_dict,

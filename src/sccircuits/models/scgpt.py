@@ -51,7 +51,7 @@ from torch import nn
 
 from ..data import counts_matrix, gene_identifiers
 from ..errors import InputError
-from .base import TokenBatch, TokenizedCells, collate
+from .base import resolve_dtype, TokenBatch, TokenizedCells, collate
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
 """Special tokens of scGPT vocabularies (appended when a vocab.json lacks them, as scGPT does)."""
@@ -378,16 +378,6 @@ def _vocab_columns(ids: np.ndarray, vocab: dict[str, int]) -> tuple[sp.csr_matri
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16 or float16)")
-    return names[dtype]
-
-
 class ScGPTAdapter:
     """scGPT behind the pipeline's :class:`~sccircuits.models.base.ModelAdapter` interface.
 
@@ -438,7 +428,7 @@ class ScGPTAdapter:
             raise InputError(path / "vocab.json", f"pad token '{cfg.pad_token}' (from args.json) not in vocab")
         model = ScGPTModel(cfg, pad_id=vocab[cfg.pad_token])
         ignored = load_encoder_weights(model, read_state_dict(path / "best_model.pt"), path / "best_model.pt")
-        device, dtype = torch.device(device), _resolve_dtype(dtype)
+        device, dtype = torch.device(device), resolve_dtype(dtype)
         model = model.to(device=device, dtype=dtype).eval()
         return cls(model, vocab, args, path, device, dtype, ignored)
 
