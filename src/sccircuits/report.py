@@ -255,7 +255,9 @@ def edge_summary(r: RunData, capped: bool) -> dict | None:
     return {"edges": n, "source features": int(e[["source_layer", "source_feature"]].drop_duplicates().shape[0]),
             "mean |d|": round(float(ad.mean()), 3) if n else None,
             "median |d|": round(float(ad.median()), 3) if n else None,
-            "% d < 0 (source supports target; paper: 'inhibitory')": round(100 * float((e.cohens_d < 0).mean()), 1) if n else None}
+            "% d < 0 (source supports target; paper: 'inhibitory')": round(100 * float((e.cohens_d < 0).mean()), 1) if n else None,
+            "% above the null-ablation noise floor": (round(100 * float(e.above_noise_floor.mean()), 1)
+                                                      if n and "above_noise_floor" in e else None)}
 
 
 def top_circuits(r: RunData, n: int, capped: bool) -> pd.DataFrame | None:
