@@ -31,67 +31,10 @@ import numpy as np
 
 from .errors import ConfigError
 from .trace.accumulators import Accumulators
-from .trace.config import TraceConfig, parse_feature_spec
+from .trace.config import TraceConfig
+from .trace.stage import TraceSetup, prepare_trace  # noqa: F401  (re-exported: plan users build on it)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-# ----------------------------------------------------------------------------- setup
-@dataclass
-class TraceSetup:
-    """Everything a trace needs before its blocks run (what ``trace()`` resolves first)."""
-
-    cfg: TraceConfig
-    info: dict
-    """Resolved paths: model, data, saes, annotation, out; tokenize options."""
-    adapter: object
-    saes: dict
-    targets: dict[int, list[int]]
-    cells: object
-    """:class:`~sccircuits.models.base.TokenizedCells` of the traced cells."""
-    features: dict[int, np.ndarray]
-    fingerprint: str
-
-    @property
-    def n_blocks(self) -> int:
-        return -(-len(self.cells) // self.cfg.checkpoint_every)
-
-    def block_cells(self, b: int) -> list[int]:
-        """Positions (in ``cells``) of the cells of block ``b`` (as the tracer splits them)."""
-        step = self.cfg.checkpoint_every
-        return list(range(b * step, min((b + 1) * step, len(self.cells))))
-
-    def kinds(self) -> tuple[str, ...]:
-        return ("real", "null") if self.cfg.null_ablation else ("real",)
-
-
-def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
-                  config: TraceConfig | None = None, progress: bool = True, **options) -> TraceSetup:
-    """Resolve inputs, load the model and SAEs, tokenize the cells and choose the features,
-    exactly as :func:`sccircuits.trace.trace` does (same arguments), without tracing.
-
-    Built from the tracer's stage helpers so the cells, features and block fingerprint are the
-    very ones a local ``sccircuits trace`` run would use.
-    """
-    from .models import load_model
-    from .sae import load_saes
-    from .trace import stage as st
-
-    cfg = config if config is not None else TraceConfig(**options)
-    info = st._resolve_inputs(run, model, data, saes, annotation, out)
-    spec = parse_feature_spec(cfg.features) if cfg.features else None
-    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
-    all_saes = load_saes(info["saes"], device=cfg.device)
-    st._check_saes(all_saes, adapter, info["saes"])
-    targets = st._source_layers(cfg, all_saes, spec, info["saes"])
-    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
-                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
-                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
-    info["tokenize"] = tok_opts
-    cells = st._select_cells(adapter, info["data"], cfg, tok_opts)
-    features = st._choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
-    fp = st._fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
-    return TraceSetup(cfg, info, adapter, all_saes, targets, cells, features, fp)
 
 
 # ----------------------------------------------------------------------------- pass counts

@@ -1,7 +1,7 @@
 """Distributed tracing on a Ray cluster (``sccircuits trace --executor ray``).
 
 The driver resolves the trace exactly as a local ``sccircuits trace`` (same cells, features
-and block fingerprint, :func:`sccircuits.plan.prepare_trace`), then splits the work into
+and block fingerprint, :func:`sccircuits.trace.prepare_trace`), then splits the work into
 *tasks* = (cell block) x (source-layer group) x (feature block):
 
 * a cell block is one of the tracer's checkpoint blocks (``checkpoint_every`` cells);
@@ -213,7 +213,7 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
     from tqdm.auto import tqdm
 
     from .config import to_dict
-    from .plan import prepare_trace
+    from .trace import prepare_trace
     from .rundir import RunDir, atomic_write_json
     from .trace import stage as st
 
@@ -248,8 +248,8 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
     stats = RayStats()
     done_blocks = set()
     for b in range(n_blocks):
-        if st._block_path(trace_dir, b).is_file():
-            st._load_block(st._block_path(trace_dir, b), fp)  # fingerprint check (clear error)
+        if st.block_path(trace_dir, b).is_file():
+            st.load_block(st.block_path(trace_dir, b), fp)  # fingerprint check (clear error)
             done_blocks.add(b)
     stats.blocks_resumed = len(done_blocks)
     tasks = [t for t in make_tasks(features, len(cells), cfg.checkpoint_every, task_features, split_layers)
@@ -258,7 +258,7 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
     if tasks:
         _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_per_worker, max_retries,
                    fp, trace_dir, stats, progress, _crash_once, tqdm)
-    result = st._finish(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+    result = st.finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
     result.metrics["executor"] = {"kind": "ray", "num_workers": num_workers, **vars(stats)}
     return result
 
@@ -344,7 +344,7 @@ def _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_pe
                 if all(i in results for i in ids):
                     block = assemble_block([results.pop(i) for i in ids], setup.features, setup.targets,
                                            target_sizes, setup.kinds())
-                    path = st._block_path(trace_dir, task.block)
+                    path = st.block_path(trace_dir, task.block)
                     if not path.is_file():
                         block.save(path, fingerprint=np.asarray(fp), block=np.asarray(task.block))
                     for i in ids:

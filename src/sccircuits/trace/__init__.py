@@ -14,8 +14,8 @@ from .accumulators import Accumulators, PairStats
 from .config import TraceConfig, parse_feature_spec
 from .edges import EDGE_COLUMNS, Thresholds, build_tables
 from .engine import AblationEngine, TracePlan
-from .stage import TraceResult, feature_frequencies, load_trace, merge, trace
+from .stage import TraceResult, TraceSetup, feature_frequencies, load_trace, merge, prepare_trace, trace
 
 __all__ = ["trace", "merge", "load_trace", "TraceConfig", "TraceResult", "AblationEngine", "TracePlan",
            "Accumulators", "PairStats", "Thresholds", "build_tables", "EDGE_COLUMNS", "parse_feature_spec",
-           "feature_frequencies"]
+           "feature_frequencies", "prepare_trace", "TraceSetup"]

@@ -198,11 +198,11 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _block_path(trace_dir: Path, b: int) -> Path:
+def block_path(trace_dir: Path, b: int) -> Path:
     return trace_dir / "blocks" / f"block_{b:05d}.npz"
 
 
-def _load_block(path: Path, fingerprint: str) -> Accumulators | None:
+def load_block(path: Path, fingerprint: str) -> Accumulators | None:
     acc, extra = Accumulators.load(path)
     if str(extra.get("fingerprint")) != fingerprint:
         raise InputError(path, "checkpoint of a different trace (other cells, features or options); "
@@ -211,6 +211,63 @@ def _load_block(path: Path, fingerprint: str) -> Accumulators | None:
 
 
 # ----------------------------------------------------------------------------- trace
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class TraceSetup:
+    """Everything a trace needs before its blocks run (what ``trace()`` resolves first)."""
+
+    cfg: TraceConfig
+    info: dict
+    """Resolved paths: model, data, saes, annotation, out; tokenize options."""
+    adapter: object
+    saes: dict
+    targets: dict[int, list[int]]
+    cells: object
+    """:class:`~sccircuits.models.base.TokenizedCells` of the traced cells."""
+    features: dict[int, np.ndarray]
+    fingerprint: str
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-len(self.cells) // self.cfg.checkpoint_every)
+
+    def block_cells(self, b: int) -> list[int]:
+        """Positions (in ``cells``) of the cells of block ``b`` (as the tracer splits them)."""
+        step = self.cfg.checkpoint_every
+        return list(range(b * step, min((b + 1) * step, len(self.cells))))
+
+    def kinds(self) -> tuple[str, ...]:
+        return ("real", "null") if self.cfg.null_ablation else ("real",)
+
+
+def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
+                  config: TraceConfig | None = None, progress: bool = True, **options) -> TraceSetup:
+    """Resolve inputs, load the model and SAEs, tokenize the cells and choose the features,
+    exactly as :func:`sccircuits.trace.trace` does (same arguments), without tracing.
+
+    :func:`trace` itself starts with this, so the planner and the Ray executor see the very
+    cells, features and block fingerprint a local ``sccircuits trace`` run uses.
+    """
+    from ..models import load_model
+    from ..sae import load_saes
+
+    cfg = config if config is not None else TraceConfig(**options)
+    info = _resolve_inputs(run, model, data, saes, annotation, out)
+    spec = parse_feature_spec(cfg.features) if cfg.features else None
+    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
+    all_saes = load_saes(info["saes"], device=cfg.device)
+    _check_saes(all_saes, adapter, info["saes"])
+    targets = _source_layers(cfg, all_saes, spec, info["saes"])
+    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
+                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
+                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
+    info["tokenize"] = tok_opts
+    cells = _select_cells(adapter, info["data"], cfg, tok_opts)
+    features = _choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
+    fp = _fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
+    return TraceSetup(cfg, info, adapter, all_saes, targets, cells, features, fp)
+
+
 def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
           config: TraceConfig | None = None, progress: bool = True, **options) -> TraceResult:
     """Trace causal edges between SAE features (method notes §5).
@@ -223,24 +280,14 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     import torch
     from tqdm.auto import tqdm
 
-    from ..models import load_model
-    from ..sae import load_saes
     from .engine import AblationEngine, TracePlan
 
     cfg = config if config is not None else TraceConfig(**options)
     t_start = time.time()
-    info = _resolve_inputs(run, model, data, saes, annotation, out)
-    spec = parse_feature_spec(cfg.features) if cfg.features else None
-    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
-    all_saes = load_saes(info["saes"], device=cfg.device)
-    _check_saes(all_saes, adapter, info["saes"])
-    targets = _source_layers(cfg, all_saes, spec, info["saes"])
-    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
-                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
-                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
-    cells = _select_cells(adapter, info["data"], cfg, tok_opts)
-    features = _choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
-    fp = _fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
+    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
+                          config=cfg, progress=progress)
+    info, adapter, all_saes = setup.info, setup.adapter, setup.saes
+    targets, cells, features, fp = setup.targets, setup.cells, setup.features, setup.fingerprint
 
     rd = RunDir(info["out"])
     trace_dir = rd.path / STAGE
@@ -257,14 +304,14 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
 
     done = _finished_statistics(trace_dir, fp) if n == 1 else None
     if done is not None:  # same trace already computed: only the thresholds may differ
-        return _finish(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
+        return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
 
     plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
     engine = AblationEngine(adapter, all_saes, plan)
-    todo = [b for b in blocks if not _block_path(trace_dir, b).is_file()]
+    todo = [b for b in blocks if not block_path(trace_dir, b).is_file()]
     for b in blocks:
         if b not in todo:
-            _load_block(_block_path(trace_dir, b), fp)  # fingerprint check
+            load_block(block_path(trace_dir, b), fp)  # fingerprint check
     size = lambda b: min((b + 1) * cfg.checkpoint_every, len(cells)) - b * cfg.checkpoint_every  # noqa: E731
     torch.manual_seed(0)
     with tqdm(total=sum(size(b) for b in blocks), initial=sum(size(b) for b in blocks if b not in todo),
@@ -274,12 +321,12 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
             idx = list(range(b * cfg.checkpoint_every, b * cfg.checkpoint_every + size(b)))
             acc = engine.run_cells(cells, idx, progress=bar)
             acc.counters["compute_ms"] = int(round((time.time() - t0) * 1000))
-            acc.save(_block_path(trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
+            acc.save(block_path(trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
     if n > 1:
         metrics = {"blocks": blocks, "n_blocks": n_blocks, "wall_s": round(time.time() - t_start, 3)}
-        rd.complete_stage(stage, [str((_block_path(trace_dir, b)).relative_to(rd.path)) for b in blocks], metrics)
+        rd.complete_stage(stage, [str((block_path(trace_dir, b)).relative_to(rd.path)) for b in blocks], metrics)
         return TraceResult(rd.path, None, None, None, metrics)
-    return _finish(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+    return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -307,17 +354,17 @@ def merge(shard_dirs, out=None, progress: bool = True) -> TraceResult:
     cfg = from_dict(TraceConfig, {**meta["config"], "shard": "0/1"})
     rd = RunDir(out if out is not None else trace_dirs[0].parent)
     rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
-    return _finish(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
+    return finish_trace(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
 
 
 def _fold_blocks(trace_dirs: list[Path], meta: dict, progress: bool = True) -> Accumulators:
     total = None
     for b in range(meta["n_blocks"]):
-        path = next((p for p in (_block_path(td, b) for td in trace_dirs) if p.is_file()), None)
+        path = next((p for p in (block_path(td, b) for td in trace_dirs) if p.is_file()), None)
         if path is None:
             raise InputError(trace_dirs[0], f"block {b} of {meta['n_blocks']} is missing: a shard has not "
                                             "finished (run it, then merge again)")
-        acc = _load_block(path, meta["fingerprint"])
+        acc = load_block(path, meta["fingerprint"])
         total = acc if total is None else total.merge(acc)
     return total
 
@@ -332,7 +379,7 @@ def _finished_statistics(trace_dir: Path, fingerprint: str) -> Accumulators | No
     return acc if str(extra.get("fingerprint")) == fingerprint else None
 
 
-def _finish(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfig, t_start: float, cleanup: bool,
+def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfig, t_start: float, cleanup: bool,
             total: Accumulators | None = None) -> TraceResult:
     """Fold all blocks (unless ``total`` is given), write the tables and complete the stage."""
     total = _fold_blocks(trace_dirs, meta) if total is None else total
