@@ -241,34 +241,46 @@ def _masked_lm_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tens
 def train_geneformer(model, cells: TokenizedCells, cfg: PretrainConfig, gene_tokens: np.ndarray) -> list[float]:
     """Masked gene prediction on ``cells``; returns the mean loss of each epoch."""
     rng = np.random.default_rng(cfg.seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(cells) // cfg.batch_size)
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    model.train()
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="geneformer demo", unit="step")
-    for _ in range(cfg.epochs):
+    def epoch_batches(epoch: int):
         masked = [mask_geneformer(cells.input_ids[i], cells.gene_mask[i], cfg.geneformer_mask_frac, rng,
                                   GENEFORMER_SPECIALS["<mask>"], gene_tokens, bert_style=True)
                   for i in range(len(cells))]
-        losses = []
         for idx in _batches(len(cells), cfg.batch_size, rng):
             ids, att, lab = _geneformer_batch(cells, idx, GENEFORMER_SPECIALS["<pad>"], masked)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_frac)
-            loss = _masked_lm_loss(model, ids, att, lab)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        history.append(float(np.mean(losses)))
-    bar.close()
+            yield lambda: _masked_lm_loss(model, ids, att, lab)
+
+    model.train()
+    history = _optimise(list(model.parameters()), cfg, cfg.epochs * steps_per_epoch, "geneformer demo", epoch_batches)
     model.eval()
+    return history
+
+
+def _optimise(params: list, cfg: PretrainConfig, total: int, desc: str, epoch_batches) -> list[float]:
+    """The training loop both demo models share: AdamW, warm-up then decaying lr, gradient norm
+    clipped at 1, a progress bar. ``epoch_batches(epoch)`` yields one zero-argument loss function
+    per batch; returns the mean loss of each epoch."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history = 0, []
+    with tqdm(total=total, desc=desc, unit="step") as bar:
+        for epoch in range(cfg.epochs):
+            losses = []
+            for loss_fn in epoch_batches(epoch):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_frac)
+                loss = loss_fn()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            history.append(float(np.mean(losses)))
     return history
 
 
@@ -424,35 +436,19 @@ def train_scgpt(model, decoder, cells_for_epoch, cfg: PretrainConfig, pad_id: in
     rng = np.random.default_rng(cfg.seed + 1)
     mcfg = model.cfg
     params = list(model.parameters()) + list(decoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(cells_for_epoch(0)) // cfg.batch_size)
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    model.train()
-    decoder.train()
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="scgpt demo", unit="step")
-    for epoch in range(cfg.epochs):
+    def epoch_batches(epoch: int):
         cells = cells_for_epoch(epoch)
         masked = [mask_scgpt(cells.values[i], cells.gene_mask[i], cfg.scgpt_mask_frac, rng, mcfg.mask_value)
                   for i in range(len(cells))]
-        losses = []
         for idx in _batches(len(cells), cfg.batch_size, rng):
             ids, inp, true, att, tgt = _scgpt_batch(cells, idx, pad_id, mcfg.pad_value, masked)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_frac)
-            pred = _scgpt_predict(model, decoder, ids, inp, att)
-            loss = F.mse_loss(pred[tgt], true[tgt])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.2f}")
-        history.append(float(np.mean(losses)))
-    bar.close()
+            yield lambda: F.mse_loss(_scgpt_predict(model, decoder, ids, inp, att)[tgt], true[tgt])
+
+    model.train()
+    decoder.train()
+    history = _optimise(params, cfg, cfg.epochs * steps_per_epoch, "scgpt demo", epoch_batches)
     model.eval()
     decoder.eval()
     return history
