@@ -59,6 +59,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
 
+def atomic_write_parquet(path: str | os.PathLike, df) -> None:
+    """Atomically write a DataFrame as parquet (no index)."""
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_npy(path: str | os.PathLike, arr) -> None:
+    """Atomically write a numpy array as .npy (never pickled)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, with a one-line error naming the file if it is missing or malformed."""
     path = Path(path)

@@ -16,7 +16,6 @@ Outputs of :func:`compare` in its ``out`` directory: ``compare.json``, ``compari
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_parquet, read_json
 from . import coherence as coh
 from . import consensus as cons
 from . import disease as dis
@@ -36,13 +35,6 @@ from . import tissue as tis
 from .config import AnalyzeConfig, CompareConfig
 from .graph import circuit_graph, write_graphml
 from .inputs import as_rundir, infer_n_layers, load_annotation_tables, load_edges
-
-
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a DataFrame as parquet atomically."""
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def edge_subset(edges: pd.DataFrame, edge_set: str) -> pd.DataFrame:
@@ -127,12 +119,12 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
                "n_layers": int(n_layers), "n_layers_from": "config" if cfg.n_layers else "inferred",
                "sign_convention": summ.SIGN_CLASSES, **result}
 
-    write_parquet(tables["attenuation"], outdir / "attenuation.parquet")
-    write_parquet(tables["hubs"], outdir / "hubs.parquet")
-    write_parquet(tables["coherence_null"], outdir / "coherence_null.parquet")
-    write_parquet(pairs, outdir / "domain_pairs.parquet")
-    write_parquet(pd.concat(hier_rows, ignore_index=True), outdir / "hierarchy.parquet")
-    write_parquet(novel, outdir / "novel_pairs.parquet")
+    atomic_write_parquet(outdir / "attenuation.parquet", tables["attenuation"])
+    atomic_write_parquet(outdir / "hubs.parquet", tables["hubs"])
+    atomic_write_parquet(outdir / "coherence_null.parquet", tables["coherence_null"])
+    atomic_write_parquet(outdir / "domain_pairs.parquet", pairs)
+    atomic_write_parquet(outdir / "hierarchy.parquet", pd.concat(hier_rows, ignore_index=True))
+    atomic_write_parquet(outdir / "novel_pairs.parquet", novel)
     outputs = ["analysis/summary.json", "analysis/attenuation.parquet", "analysis/hubs.parquet",
                "analysis/coherence_null.parquet", "analysis/domain_pairs.parquet", "analysis/hierarchy.parquet",
                "analysis/novel_pairs.parquet"]
@@ -331,15 +323,15 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
                         "tests": tissue.to_dict("records")}
     result["comparison_table"] = table.to_dict("records")
 
-    write_parquet(table, outdir / "comparison_table.parquet")
+    atomic_write_parquet(outdir / "comparison_table.parquet", table)
     atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
-    write_parquet(pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame(), outdir / "consensus_pairs.parquet")
-    write_parquet(pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame(), outdir / "consensus_null.parquet")
-    write_parquet(novel, outdir / "novel_pairs.parquet")
-    write_parquet(nodes, outdir / "hierarchy.parquet")
-    write_parquet(dtable, outdir / "disease.parquet")
-    write_parquet(dtests, outdir / "disease_domains.parquet")
-    write_parquet(tissue, outdir / "tissue.parquet")
+    atomic_write_parquet(outdir / "consensus_pairs.parquet", pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame())
+    atomic_write_parquet(outdir / "consensus_null.parquet", pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame())
+    atomic_write_parquet(outdir / "novel_pairs.parquet", novel)
+    atomic_write_parquet(outdir / "hierarchy.parquet", nodes)
+    atomic_write_parquet(outdir / "disease.parquet", dtable)
+    atomic_write_parquet(outdir / "disease_domains.parquet", dtests)
+    atomic_write_parquet(outdir / "tissue.parquet", tissue)
     atomic_write_json(outdir / "compare.json", result)
     outputs = ["compare.json", "comparison_table.parquet", "comparison_table.csv", "consensus_pairs.parquet",
                "consensus_null.parquet", "novel_pairs.parquet", "hierarchy.parquet", "disease.parquet",

@@ -13,7 +13,6 @@ label rates). :func:`annotate_layer` is the pure part (catalog table + libraries
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pandas as pd
 from ..config import check, option
 from ..errors import InputError
 from ..genesets import GeneSets, library_name, read_gmt, read_pairs
-from ..rundir import RunDir, atomic_write_bytes
+from ..rundir import RunDir, atomic_write_parquet
 from . import enrich, network
 from .catalog import CatalogAccumulator, catalog_table
 from .labels import annotation_summary, find_label_library, label_features, select_from_catalog
@@ -269,12 +268,6 @@ def _file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _write_parquet(path: Path, df: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def load_libraries(gene_sets: Sequence[str | os.PathLike]) -> dict[str, GeneSets]:
     """Read GMT files; library name = file name without extensions (must be distinct)."""
     libs: dict[str, GeneSets] = {}
@@ -324,7 +317,7 @@ def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
                                              progress=f"layer {layer:02d}" if progress else None)
         for kind, df in (("catalog", catalog), ("enrichment", enrichment)):
             rel = f"{OUT_DIR}/layer{layer:02d}_{kind}.parquet"
-            _write_parquet(rd.path / rel, df)
+            atomic_write_parquet(rd.path / rel, df)
             outputs.append(rel)
         metrics["layers"][str(layer)] = layer_metrics(catalog, len(background) if not cfg.compat else None)
     rd.complete_stage(STAGE, outputs=outputs, metrics=metrics)

@@ -38,7 +38,7 @@ import torch
 
 from ..activations import ActivationStore, parse_layers
 from ..config import check, option, to_dict
-from ..rundir import RunDir, atomic_write_json
+from ..rundir import RunDir, atomic_write_npy
 from .io import load_sae, save_sae
 from .model import TopKSAE, topk_relu
 
@@ -117,7 +117,7 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
     split = heldout_split(store.cell_index(), cfg.holdout_fraction, cfg.seed)
     out_dir = run / SAE_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_np(out_dir / "heldout_cells.npy", split.heldout_cells)
+    atomic_write_npy(out_dir / "heldout_cells.npy", split.heldout_cells)
     previous = (run.stage(STAGE) or {}).get("metrics", {}) if _same_config(run, cfg) else {}
     run.begin_stage(STAGE, cfg)
     cfg_key = json.dumps(to_dict(cfg), sort_keys=True)
@@ -156,16 +156,6 @@ def _record_partial(run: RunDir, metrics: dict) -> None:
     def fn(m):
         m["stages"][STAGE]["metrics"] = dict(metrics)
     run.update_manifest(fn)
-
-
-def _save_np(path: Path, arr: np.ndarray) -> None:
-    import io
-
-    from ..rundir import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # =============================================================================== data

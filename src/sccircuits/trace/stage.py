@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, InputError
-from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
 from .accumulators import Accumulators
 from .config import TraceConfig, parse_feature_spec
 from .edges import Thresholds, build_tables
@@ -402,9 +402,7 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
     td = rd.path / STAGE
     total.save(td / "accumulators.npz", fingerprint=np.asarray(meta["fingerprint"]))
     for name, df in (("edges", edges), ("features", features), ("null", null)):
-        buf = __import__("io").BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(td / f"{name}.parquet", buf.getvalue())
+        atomic_write_parquet(td / f"{name}.parquet", df)
     c = total.counters
     compute_s = c.get("compute_ms", 0) / 1000
     metrics = {

@@ -27,7 +27,6 @@ stage ``validate``.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import pandas as pd
 from .. import stats
 from ..config import check, option
 from ..errors import InputError
-from ..rundir import RunDir, atomic_write_bytes, atomic_write_json
+from ..rundir import RunDir, atomic_write_json, atomic_write_parquet
 from . import metrics
 from .perturb import Screen, open_screen, pseudobulk
 from .predictions import PredictConfig, predict_genes
@@ -305,9 +304,7 @@ def _write(res: ValidationResult) -> list[str]:
     written = []
     for name, df in (("predictions", res.predictions), ("knockdowns", res.knockdowns), ("pairs", res.pairs),
                      ("enrichment", res.enrichment), ("summary", res.summary)):
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(out / f"{name}.parquet", buf.getvalue())
+        atomic_write_parquet(out / f"{name}.parquet", df)
         written.append(f"validation/{name}.parquet")
     records = res.summary.astype(object).where(res.summary.notna(), None).to_dict(orient="records")
     atomic_write_json(out / "summary.json", records)  # NaN -> null (valid JSON)
