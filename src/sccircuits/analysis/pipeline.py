@@ -104,7 +104,7 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
     pairs = cons.domain_pairs(edges)
     gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [catalogs])
     novel = nov.novel_relations(pairs, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
-    depth_rows, hier_rows = [], []
+    hier_rows = []
     for es in ("all", "capped"):
         e = edge_subset(edges, es)
         p = cons.domain_pairs(e)
