@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import check, option
+from ..config import check, option, parse_layers
 from ..errors import InputError
 from ..genesets import GeneSets, library_name, read_gmt, read_pairs
 from ..rundir import RunDir, atomic_write_parquet
@@ -74,8 +74,7 @@ class AnnotateConfig:
         check(self.network_permutations >= 1, "network_permutations must be >= 1")
         check(0 < self.store_max_q <= 1, "store_max_q must be in (0, 1]")
         check(self.batch_size >= 1, "batch_size must be >= 1")
-        if self.layers is not None:
-            self.layers = sorted({int(x) for x in self.layers})
+        self.layers = parse_layers(self.layers, "layers")
 
 
 # --------------------------------------------------------------------------------------------

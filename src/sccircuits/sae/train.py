@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..activations import ActivationStore, parse_layers
+from ..activations import ActivationStore
+from ..config import parse_layers
 from ..config import check, option, to_dict
 from ..rundir import RunDir, atomic_write_npy
 from .io import load_sae, save_sae
@@ -80,7 +81,7 @@ class SAETrainConfig:
         return DEFAULT_LR[self.recipe]
 
     def __post_init__(self) -> None:
-        parse_layers(self.layers, None)
+        parse_layers(self.layers, "layers", allow_all=True)
         check(self.expansion >= 1, "expansion must be >= 1")
         check(self.k >= 1, "k must be >= 1")
         check(self.epochs >= 1, "epochs must be >= 1")
@@ -105,7 +106,7 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
     cfg = cfg or SAETrainConfig()
     run = run if isinstance(run, RunDir) else RunDir(run, create=False)
     store = ActivationStore(run)
-    layers = store.layers if cfg.layers.strip().lower() == "all" else parse_layers(cfg.layers, None)
+    layers = store.layers if cfg.layers.strip().lower() == "all" else parse_layers(cfg.layers, "layers")
     missing = [l for l in layers if l not in store.layers]
     if missing:
         from ..errors import ConfigError

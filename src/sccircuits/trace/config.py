@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, option
+from ..config import check, option, parse_feature_spec, parse_layers
 from ..errors import ConfigError
 
 SELECTIONS = ("richness", "frequency", "random")
@@ -16,7 +16,7 @@ class TraceConfig:
     algorithm: it forces reference tokenization, fp32, the published thresholds, cap and
     consistency definition, and a minimum of 2 cells per test."""
 
-    source_layers: list[int] | None = option(None, "source layers to ablate (default: every SAE layer with a later SAE)")
+    source_layers: list[int] | None = option(None, "source layers to ablate, e.g. 0,5,11 (default: every SAE layer with a later SAE)")
     n_features: int = option(30, "source features per layer chosen by --selection")
     features: str | None = option(None, "explicit source features, e.g. '0:309,460;5:12,80' (overrides --n-features)")
     all_active: bool = option(False, "trace every feature of each source layer (memory grows with d_sae^2)")
@@ -68,8 +68,9 @@ class TraceConfig:
         check(self.d_threshold >= 0, "d_threshold must be >= 0")
         check(self.max_q is None or 0 < self.max_q <= 1, "max_q must be in (0, 1]")
         check(not (self.features and self.all_active), "give either features or all_active, not both")
-        if self.source_layers is not None:
-            self.source_layers = sorted({int(x) for x in self.source_layers})
+        self.source_layers = parse_layers(self.source_layers, "source_layers")
+        if self.features:
+            parse_feature_spec(self.features)  # syntax check: a bad spec fails before any work
         _parse_shard(self.shard)  # validates the shard string
 
     @property
@@ -89,26 +90,3 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"shard {text!r}: need 0 <= i < n")
     return i, n
-
-
-def parse_feature_spec(text: str) -> dict[int, list[int]]:
-    """'0:309,460;5:12,80' -> {0: [309, 460], 5: [12, 80]} (a clear error otherwise)."""
-    out: dict[int, list[int]] = {}
-    for part in str(text).replace(" ", "").split(";"):
-        if not part:
-            continue
-        try:
-            layer, feats = part.split(":")
-            ids = [int(x) for x in feats.split(",") if x != ""]
-            layer_i = int(layer)
-        except ValueError:
-            raise ConfigError(f"features: cannot parse {part!r}; expected 'LAYER:F1,F2;LAYER:F3'") from None
-        if not ids:
-            raise ConfigError(f"features: layer {layer} lists no feature ids")
-        if any(i < 0 for i in ids):
-            raise ConfigError(f"features: negative feature id in {part!r}")
-        out.setdefault(layer_i, [])
-        out[layer_i] = sorted(set(out[layer_i]) | set(ids))
-    if not out:
-        raise ConfigError("features: empty specification")
-    return out

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import from_dict, to_dict
+from ..config import from_dict, parse_feature_spec, to_dict
 from ..errors import ConfigError, InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
 from .accumulators import Accumulators
-from .config import TraceConfig, parse_feature_spec
+from .config import TraceConfig
 from .edges import Thresholds, build_tables
 
 STAGE = "trace"
