@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import check, option, parse_layers, to_dict
+from .config import apply_compat, check, compat_option, option, parse_layers, to_dict
 from .errors import ConfigError, InputError
 from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
 
@@ -54,7 +54,8 @@ class ExtractConfig:
     sample_seed: int | None = option(None, "seed of a random sample of --n-cells cells (kept in file order)")
     stratify_by: str | None = option(None, "obs column: sample cells proportionally within its groups")
     dtype: str = option("float16", "storage dtype of the activations: float16 or float32")
-    tokenization: str = option("official", "official tokenization, or 'reference' (published scripts)")
+    compat: str = option("none", "none, or 'reference' for the published study's tokenization")
+    tokenization: str | None = compat_option("official", "reference", "official tokenization, or 'reference' (published scripts)")
     batch_size: int = option(8, "cells per forward pass (cells of similar length are batched together)")
     device: str = option("cpu", "torch device of the model")
     model_dtype: str = option("float32", "dtype of the model weights during the forward pass")
@@ -65,6 +66,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         parse_layers(self.layers, "layers", allow_all=True)  # syntax check
+        apply_compat(self)
         check(self.n_cells is None or self.n_cells > 0, "n_cells must be positive")
         check(self.dtype in ("float16", "float32"), f"dtype must be float16 or float32, got {self.dtype!r}")
         check(self.tokenization in ("official", "reference"),

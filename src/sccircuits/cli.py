@@ -90,7 +90,8 @@ def inspect_data_cmd(
                                               "(default: var_names)"),
     layer: Optional[str] = typer.Option(None, "--layer", help="layer holding counts (default: X)"),
     normalized: bool = typer.Option(False, "--normalized", help="accept non-count (already normalised) values"),
-    mode: str = typer.Option("official", "--mode", help="tokenization: official or reference (compat)"),
+    tokenization: str = typer.Option("official", "--tokenization", "--mode",
+                                     help="official or reference (the published study's tokenization)"),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="tokens per cell (default: the model's)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
@@ -98,9 +99,9 @@ def inspect_data_cmd(
     from .errors import ConfigError
     from .inspect import inspect_data
 
-    if mode not in ("official", "reference"):
-        raise ConfigError(f"--mode must be official or reference, got {mode!r}")
-    _print_facts(f"{data} through {model}", inspect_data(model, data, mode=mode, gene_column=gene_column,
+    if tokenization not in ("official", "reference"):
+        raise ConfigError(f"--tokenization must be official or reference, got {tokenization!r}")
+    _print_facts(f"{data} through {model}", inspect_data(model, data, mode=tokenization, gene_column=gene_column,
                                                        layer=layer, normalized=normalized,
                                                        max_length=max_length), as_json)
 

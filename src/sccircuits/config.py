@@ -25,6 +25,45 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
     return dataclasses.field(default=default, metadata=meta)
 
 
+COMPAT_MODES = ("none", "reference")
+"""Values of every stage's ``compat`` option: "none" (our defaults) or "reference" (the
+published scripts, rule by rule)."""
+
+
+def compat_option(default: Any, reference: Any, help: str) -> Any:
+    """An option whose default depends on ``compat``: ``default`` normally, ``reference`` under
+    ``compat="reference"``. The field itself defaults to None ("not given"); :func:`apply_compat`
+    fills it in ``__post_init__``. The help text states both defaults."""
+    both = f"default {default!r}" if default == reference else \
+        f"default {default!r}; {reference!r} with --compat reference"
+    meta = {"help": f"{help} ({both})", "compat": (default, reference)}
+    return dataclasses.field(default=None, metadata=meta)
+
+
+def apply_compat(cfg: Any) -> None:
+    """The one compat rule, for every stage: compat supplies defaults and never overrides.
+
+    Each :func:`compat_option` field left None gets its default for ``cfg.compat``; under
+    ``compat="reference"`` a value the user gave that differs from the published one is a
+    ConfigError naming the option (a silently replaced value would be a result the user did
+    not ask for). ``compat`` "" (older manifests) means "none"."""
+    if cfg.compat in ("", None):
+        cfg.compat = "none"
+    check(cfg.compat in COMPAT_MODES, f"compat must be 'none' or 'reference', got {cfg.compat!r}")
+    reference = cfg.compat == "reference"
+    for f in dataclasses.fields(cfg):
+        if "compat" not in f.metadata:
+            continue
+        ours, published = f.metadata["compat"]
+        value = getattr(cfg, f.name)
+        if value is None:
+            setattr(cfg, f.name, published if reference else ours)
+        elif reference and value != published:
+            flag = "--" + f.name.replace("_", "-")
+            raise ConfigError(f"{flag} {value!r} contradicts --compat reference, which uses {published!r} "
+                              f"(drop {flag} or --compat reference)")
+
+
 def to_dict(cfg: Any) -> dict:
     """JSON-ready dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(cfg)

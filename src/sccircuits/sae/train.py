@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from ..activations import ActivationStore
-from ..config import parse_layers
-from ..config import check, option, to_dict
+from ..config import apply_compat, check, compat_option, option, parse_layers, to_dict
 from ..rundir import RunDir, atomic_write_npy
 from .io import load_sae, save_sae
 from .model import TopKSAE, topk_relu
@@ -63,7 +62,8 @@ class SAETrainConfig:
     batch_size: int = option(4096, "positions per optimisation step")
     lr: float | None = option(None, "Adam learning rate; default: 5e-3 (ours), 3e-4 (reference, as published)")
     seed: int = option(0, "seed of the held-out split, subsample, initialisation and shuffling")
-    recipe: str = option("ours", "'ours' (unit-norm features, AuxK, ...) or 'reference' (published recipe)")
+    compat: str = option("none", "none, or 'reference' for the published training recipe")
+    recipe: str | None = compat_option("ours", "reference", "'ours' (unit-norm features, AuxK, ...) or 'reference' (published recipe)")
     device: str = option("cpu", "torch device")
     holdout_fraction: float = option(0.1, "fraction of CELLS held out for evaluation")
     max_eval_positions: int = option(200_000, "cap on held-out positions evaluated (random subset)")
@@ -82,6 +82,7 @@ class SAETrainConfig:
 
     def __post_init__(self) -> None:
         parse_layers(self.layers, "layers", allow_all=True)
+        apply_compat(self)
         check(self.expansion >= 1, "expansion must be >= 1")
         check(self.k >= 1, "k must be >= 1")
         check(self.epochs >= 1, "epochs must be >= 1")

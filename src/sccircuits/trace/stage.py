@@ -270,7 +270,7 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
 
 def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
           config: TraceConfig | None = None, progress: bool = True, **options) -> TraceResult:
-    """Trace causal edges between SAE features (method notes §5).
+    """Trace causal edges between SAE features (docs/method.md §5).
 
     ``run``: a run directory (model, data and SAEs are taken from its extract / SAE stages,
     feature labels and selection from its annotation). Or explicit ``model`` (checkpoint dir),
