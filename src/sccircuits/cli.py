@@ -281,7 +281,8 @@ def analyze_cmd(
 
 @app.command("compare")
 @config_options(CompareConfig, prefixes={"analyze": "analyze_"},
-                aliases={"n_perm": ("--permutations",), "n_rewire": ("--rewirings",), "contrasts": ("--contrast",)})
+                aliases={"n_perm": ("--permutations",), "n_rewire": ("--rewirings",), "n_edge_perm": ("--edge-permutations",),
+                         "disease_n_perm": ("--disease-permutations",), "contrasts": ("--contrast",)})
 def compare_cmd(
     runs: list[Path] = typer.Argument(..., help="run directories to compare"),
     groups: Optional[str] = typer.Option(None, "--groups", help="e.g. 'geneformer=RUN_A,RUN_C;scgpt=RUN_B' "
@@ -289,7 +290,7 @@ def compare_cmd(
     out: Path = typer.Option(..., "--out", help="output directory"),
     cfg=None,
 ) -> None:
-    """Comparison table, cross-model consensus with two nulls, novelty, hierarchy, tissue and disease tests."""
+    """Comparison table, cross-model consensus with three nulls, novelty, hierarchy, tissue and disease tests."""
     from .analysis import compare
 
     r = compare(runs, groups, out, cfg)
@@ -297,8 +298,10 @@ def compare_cmd(
         if "n_consensus" not in c:
             print(f"{es}: {c['note']}")
             continue
-        lab, rew = c["label_permutation_null"], c["rewiring_null"]
-        print(f"{es}: {c['n_consensus']} consensus pairs ({c['n_high_confidence']} high-confidence); "
+        lab, rew, edg = c["label_permutation_null"], c["rewiring_null"], c["edge_permutation_null"]
+        print(f"{es}: {c['n_consensus']} consensus pairs ({c['n_high_confidence']} high-confidence, "
+              f"{c['n_consensus_self_pairs']} self pairs); edge permutation (headline) "
+              f"{edg['fold_enrichment']:.2f}x (p={edg['p_value']:.3g}), "
               f"label permutation {lab['fold_enrichment']:.2f}x (p={lab['p_value']:.3g}), "
               f"rewiring {rew['fold_enrichment']:.2f}x (p={rew['p_value']:.3g})")
     print(f"written to {out}")
