@@ -350,7 +350,8 @@ def trace_cmd(
     plan: bool = typer.Option(False, "--plan", help="print forward passes, time and memory estimates; trace nothing"),
     cfg=None,
 ) -> None:
-    """Ablate source SAE features and measure every downstream SAE feature (edges.parquet)."""
+    """Ablate source SAE features and measure every downstream SAE feature (trace/edges.parquet)."""
+    from .artifacts import trace_file
     from .trace import run_trace
 
     res = run_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg,
@@ -364,7 +365,7 @@ def trace_cmd(
               "run `sccircuits merge` when all shards finished")
     else:
         print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) from {m['ablations']} ablations "
-              f"over {m['n_cells']} cells -> {res.out / 'trace' / 'edges.parquet'}")
+              f"over {m['n_cells']} cells -> {res.out / trace_file('edges')}")
 
 
 @app.command("merge")
@@ -373,11 +374,12 @@ def merge_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="run directory for the merged trace (default: the first)"),
 ) -> None:
     """Merge `trace --shard i/n` results into the same tables a single run gives."""
+    from .artifacts import trace_file
     from .trace import merge
 
     res = merge(shards, out=out)
     m = res.metrics
-    print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
+    print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / trace_file('edges')}")
 
 
 # --- scale-out: dtype check (issue 10; sccircuits.trace.plan) ---

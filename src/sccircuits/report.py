@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import artifacts
 from .config import check, option
 from .errors import InputError
 from .rundir import RunDir, atomic_write_bytes, environment
@@ -34,22 +35,7 @@ class ReportConfig:
         check(self.top_circuits >= 0, "top_circuits must be >= 0")
 
 
-# -- reading -------------------------------------------------------------------------------
-def _read_parquet(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.is_file() else None
-
-
-def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _layer_tables(folder: Path, suffix: str) -> dict[int, pd.DataFrame]:
-    out = {}
-    for p in sorted(folder.glob(f"layer*_{suffix}.parquet")):
-        out[int(p.name[5:].split("_")[0])] = pd.read_parquet(p)
-    return out
-
-
+# -- reading (through sccircuits.artifacts) ------------------------------------------------
 @dataclass
 class RunData:
     """What the report needs from one run directory."""
@@ -66,10 +52,10 @@ class RunData:
     def load(cls, path: str | os.PathLike) -> "RunData":
         run = RunDir(path, create=False)
         m = run.manifest
-        edges = _read_parquet(run.path / "trace" / "edges.parquet") if run.is_complete("trace") else None
-        cats = _layer_tables(run.path / "annotation", "catalog") if run.is_complete("annotate") else {}
-        analysis = _read_json(run.path / "analysis" / "summary.json") if run.is_complete("analyze") else None
-        validation = _read_json(run.path / "validation" / "summary.json") if run.is_complete("validate") else None
+        edges = artifacts.read_edges(run) if run.is_complete(artifacts.TRACE) else None
+        cats = artifacts.read_annotation(run)[0] if artifacts.has_annotation(run) else {}
+        analysis = artifacts.read_analysis_summary(run)
+        validation = artifacts.read_validation_summary(run)
         return cls(run.path.name, run, m, edges, cats, analysis, validation)
 
     @property
@@ -177,7 +163,7 @@ def coherence_section(r: RunData) -> str:
                      "null mean": c.get("null_mean"), "fold enrichment": c.get("fold_enrichment"),
                      "permutation p": c.get("p_value"), "draws": c.get("n_perm"), "note": c.get("reason", "")})
     html_ = _table(pd.DataFrame(rows).round(4))
-    null = _read_parquet(r.run.path / "analysis" / "coherence_null.parquet")
+    null = artifacts.read_analysis(r.run, "coherence_null")
     obs = ((r.analysis.get("all") or {}).get("coherence") or {}).get("coherence")
     if null is not None and len(null) and obs is not None:
         img = figure_null(null[null.edge_set == "all"].coherence.to_numpy(), float(obs),
@@ -189,11 +175,11 @@ def coherence_section(r: RunData) -> str:
 def consensus_section(cdir: Path) -> str:
     """Cross-model consensus with its three nulls (edge permutation = headline), from compare.json
     and consensus_null.parquet."""
-    res = _read_json(cdir / "compare.json")
+    res = artifacts.read_compare(cdir, "compare")
     if not res:
         return "<p class='na'>compare has not run</p>"
     rows, imgs = [], []
-    null = _read_parquet(cdir / "consensus_null.parquet")
+    null = artifacts.read_compare(cdir, "consensus_null")
     for edge_set, c in (res.get("consensus") or {}).items():
         for kind in ("edge_permutation_null", "label_permutation_null", "rewiring_null"):
             if kind not in c:
@@ -222,8 +208,8 @@ def consensus_section(cdir: Path) -> str:
 
 def disease_section(cdir: Path) -> str:
     """Disease pairs vs consensus: the naive Fisher test beside the degree-conditioned null."""
-    res = _read_json(cdir / "compare.json")
-    t = _read_parquet(cdir / "disease.parquet")
+    res = artifacts.read_compare(cdir, "compare")
+    t = artifacts.read_compare(cdir, "disease")
     if not res or t is None or not len(t):
         return "<p class='na'>no disease table</p>"
     d = res.get("disease") or {}
@@ -399,10 +385,10 @@ def build_report(runs: list[str | os.PathLike], compare: str | os.PathLike | Non
     if compare is not None:
         cdir = Path(compare)
         parts.append("<h2>Cross-model comparison</h2>")
-        table = _read_parquet(cdir / "comparison_table.parquet")
+        table = artifacts.read_compare(cdir, "comparison_table")
         parts.append("<h3>Conditions side by side</h3>" + _table(None if table is None else table.round(4)))
         parts.append("<h3>Cross-model consensus domain pairs</h3>" + consensus_section(cdir))
-        pairs = _read_parquet(cdir / "consensus_pairs.parquet")
+        pairs = artifacts.read_compare(cdir, "consensus_pairs")
         if pairs is not None and len(pairs):
             parts.append("<h3>Consensus pairs</h3>" + _table(pairs.head(50)))
         parts.append("<h3>Disease pairs and consensus</h3>" + disease_section(cdir))

@@ -1,8 +1,8 @@
-"""Loaders for the analysis stage: the tracer's edge table and the annotation tables.
+"""The analysis stage's view of a run: the tracer's edge table, normalised.
 
-Each loader checks the contract columns and raises a one-line :class:`InputError` naming the
-file when something is missing, so every statistic downstream can be a pure function of
-plain DataFrames. Stages are trusted only when the run manifest says ``complete``.
+Files are read through :mod:`sccircuits.artifacts` (contract columns checked, one-line
+:class:`InputError` naming the file), so every statistic downstream can be a pure function of
+plain DataFrames.
 """
 
 from __future__ import annotations
@@ -13,40 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..artifacts import UNANNOTATED, read_edges
 from ..rundir import RunDir
 
-UNANNOTATED = "unannotated"
-
-EDGE_COLUMNS = (
-    "source_layer", "source_feature", "source_label", "target_layer", "target_feature",
-    "target_label", "cohens_d", "consistency", "in_cap",
-)
-CATALOG_COLUMNS = ("feature", "label_id", "label_name", "top_genes")
-ENRICHMENT_COLUMNS = ("feature", "library", "term_id", "term_name", "q_value")
-
-_LAYER_FILE = re.compile(r"^layer(\d+)_(catalog|enrichment)\.parquet$")
-
-
-def as_rundir(run: RunDir | str | Path) -> RunDir:
-    """A :class:`RunDir` for a path (which must already hold a manifest) or the RunDir itself."""
-    return run if isinstance(run, RunDir) else RunDir(run, create=False)
-
-
-def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a parquet table and check that it has ``columns`` (one-line error otherwise)."""
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise InputError(path, f"not a readable parquet file ({type(e).__name__}: {e})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing and len(df) == 0:  # an empty table written without a schema
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}")
-    return df
+ANALYSIS_EDGE_COLUMNS = ("source_label", "target_label", "consistency")
+"""Edge columns the analyses need beyond the edge table's contract (artifacts.EDGE_COLUMNS)."""
 
 
 def normalize_edges(edges: pd.DataFrame) -> pd.DataFrame:
@@ -77,36 +48,7 @@ def normalize_edges(edges: pd.DataFrame) -> pd.DataFrame:
 
 def load_edges(run: RunDir | str | Path) -> pd.DataFrame:
     """``RUN/trace/edges.parquet`` (the trace stage must be complete), normalised."""
-    run = as_rundir(run)
-    run.require("trace")
-    return normalize_edges(read_table(run / "trace/edges.parquet", EDGE_COLUMNS))
-
-
-def _layer_files(folder: Path, kind: str) -> dict[int, Path]:
-    out = {}
-    if folder.is_dir():
-        for p in sorted(folder.iterdir()):
-            m = _LAYER_FILE.match(p.name)
-            if m and m.group(2) == kind:
-                out[int(m.group(1))] = p
-    return out
-
-
-def load_annotation_tables(run: RunDir | str | Path) -> tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]:
-    """(catalogs, enrichment) per layer from ``RUN/annotation/`` (annotate must be complete)."""
-    run = as_rundir(run)
-    run.require("annotate")
-    folder = run / "annotation"
-    catalogs = {l: read_table(p, CATALOG_COLUMNS) for l, p in _layer_files(folder, "catalog").items()}
-    enrichment = {l: read_table(p, ENRICHMENT_COLUMNS) for l, p in _layer_files(folder, "enrichment").items()}
-    if not catalogs:
-        raise InputError(folder, "no layerNN_catalog.parquet files")
-    return catalogs, enrichment
-
-
-def has_annotation(run: RunDir) -> bool:
-    """Whether the annotate stage of this run completed."""
-    return run.is_complete("annotate")
+    return normalize_edges(read_edges(run, require=ANALYSIS_EDGE_COLUMNS))
 
 
 def infer_n_layers(run: RunDir, edges: pd.DataFrame, catalogs: dict[int, pd.DataFrame] | None) -> int:

@@ -23,8 +23,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import artifacts as art
+from ..artifacts import as_rundir
 from ..errors import InputError
-from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_parquet, read_json
+from ..rundir import RunDir, atomic_write_bytes
 from . import coherence as coh
 from . import consensus as cons
 from . import disease as dis
@@ -34,7 +36,7 @@ from . import summary as summ
 from . import tissue as tis
 from .config import AnalyzeConfig, CompareConfig
 from .graph import circuit_graph, write_graphml
-from .inputs import as_rundir, infer_n_layers, load_annotation_tables, load_edges
+from .inputs import infer_n_layers, load_edges
 
 
 def edge_subset(edges: pd.DataFrame, edge_set: str) -> pd.DataFrame:
@@ -43,10 +45,12 @@ def edge_subset(edges: pd.DataFrame, edge_set: str) -> pd.DataFrame:
 
 
 def load_run(run: RunDir | str | Path) -> dict:
-    """Edges plus, when the annotate stage is complete, catalogs and enrichment of a run."""
+    """Edges plus, when the run's features are annotated (in the run itself or in the
+    annotation run the tracer used, :func:`~sccircuits.artifacts.annotation_run`), catalogs
+    and enrichment."""
     run = as_rundir(run)
     edges = load_edges(run)
-    catalogs, enrichment = (load_annotation_tables(run) if run.is_complete("annotate") else (None, None))
+    catalogs, enrichment = art.read_annotation(run) if art.has_annotation(run) else (None, None)
     return {"run": run, "edges": edges, "catalogs": catalogs, "enrichment": enrichment}
 
 
@@ -78,7 +82,8 @@ def summarize(edges: pd.DataFrame, enrichment: Mapping[int, pd.DataFrame] | None
                         "null": "term sets shuffled among features of the same layer and richness stratum (floor log2 #terms)"})
             nulls.append(pd.DataFrame({"edge_set": es, "draw": np.arange(null.size), "coherence": null}))
         else:
-            res = {"coherence": None, "reason": "annotate stage not complete in this run"}
+            res = {"coherence": None, "reason": "annotate stage not complete in this run (nor in the "
+                                                "annotation run its trace used)"}
         s["coherence"] = res
         h = summ.hubs(e)
         s["top_hubs"] = h.head(cfg.top_hubs).to_dict("records")
@@ -119,20 +124,14 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
                "n_layers": int(n_layers), "n_layers_from": "config" if cfg.n_layers else "inferred",
                "sign_convention": summ.SIGN_CLASSES, **result}
 
-    atomic_write_parquet(outdir / "attenuation.parquet", tables["attenuation"])
-    atomic_write_parquet(outdir / "hubs.parquet", tables["hubs"])
-    atomic_write_parquet(outdir / "coherence_null.parquet", tables["coherence_null"])
-    atomic_write_parquet(outdir / "domain_pairs.parquet", pairs)
-    atomic_write_parquet(outdir / "hierarchy.parquet", pd.concat(hier_rows, ignore_index=True))
-    atomic_write_parquet(outdir / "novel_pairs.parquet", novel)
-    outputs = ["analysis/summary.json", "analysis/attenuation.parquet", "analysis/hubs.parquet",
-               "analysis/coherence_null.parquet", "analysis/domain_pairs.parquet", "analysis/hierarchy.parquet",
-               "analysis/novel_pairs.parquet"]
+    outputs = [art.write_table(run, art.analysis_file(f"{name}.parquet"), df) for name, df in (
+        ("attenuation", tables["attenuation"]), ("hubs", tables["hubs"]), ("coherence_null", tables["coherence_null"]),
+        ("domain_pairs", pairs), ("hierarchy", pd.concat(hier_rows, ignore_index=True)), ("novel_pairs", novel))]
     if cfg.graphml:
         write_graphml(circuit_graph(edges), outdir / "circuit.graphml")
         write_graphml(hier.domain_graph(pairs), outdir / "domains.graphml")
         outputs += ["analysis/circuit.graphml", "analysis/domains.graphml"]
-    atomic_write_json(outdir / "summary.json", summary)
+    outputs.insert(0, art.write_json(run, art.ANALYSIS_SUMMARY, summary))
     run.complete_stage("analyze", outputs=outputs, metrics=_metrics(summary))
     return summary
 
@@ -202,7 +201,7 @@ def _run_names(runs: Sequence[RunDir | str | Path]) -> dict[str, RunDir]:
 def _run_summary(rd: RunDir, data: dict, cfg: AnalyzeConfig) -> dict:
     """The run's own analysis when complete, else the same summary computed in memory."""
     if rd.is_complete("analyze"):
-        return read_json(rd / "analysis/summary.json")
+        return art.read_analysis_summary(rd)
     s = summarize(data["edges"], data["enrichment"], cfg)
     s.pop("_tables")
     return s
@@ -243,7 +242,7 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     summaries = {n: _run_summary(names[n], data[n], cfg.analyze) for n in names}
     table = comparison_table(summaries, models)
     result: dict = {"runs": {n: str(rd.path) for n, rd in names.items()}, "groups": groups,
-                    "summaries_from": {n: ("RUN/analysis/summary.json" if names[n].is_complete("analyze")
+                    "summaries_from": {n: ("RUN/" + art.ANALYSIS_SUMMARY if names[n].is_complete("analyze")
                                            else "computed now with the 'analyze' options") for n in names},
                     "sign_convention": summ.SIGN_CLASSES, "consensus": {}}
 
@@ -339,19 +338,13 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
                         "tests": tissue.to_dict("records")}
     result["comparison_table"] = table.to_dict("records")
 
-    atomic_write_parquet(outdir / "comparison_table.parquet", table)
     atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
-    atomic_write_parquet(outdir / "consensus_pairs.parquet", pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame())
-    atomic_write_parquet(outdir / "consensus_null.parquet", pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame())
-    atomic_write_parquet(outdir / "novel_pairs.parquet", novel)
-    atomic_write_parquet(outdir / "hierarchy.parquet", nodes)
-    atomic_write_parquet(outdir / "disease.parquet", dtable)
-    atomic_write_parquet(outdir / "disease_domains.parquet", dtests)
-    atomic_write_parquet(outdir / "tissue.parquet", tissue)
-    atomic_write_json(outdir / "compare.json", result)
-    outputs = ["compare.json", "comparison_table.parquet", "comparison_table.csv", "consensus_pairs.parquet",
-               "consensus_null.parquet", "novel_pairs.parquet", "hierarchy.parquet", "disease.parquet",
-               "disease_domains.parquet", "tissue.parquet"]
+    outputs = [art.write_compare(outdir, name, obj) for name, obj in (
+        ("comparison_table", table),
+        ("consensus_pairs", pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame()),
+        ("consensus_null", pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame()),
+        ("novel_pairs", novel), ("hierarchy", nodes), ("disease", dtable), ("disease_domains", dtests),
+        ("tissue", tissue), ("compare", result))] + ["comparison_table.csv"]
     metrics = {f"{es}_n_consensus": v.get("n_consensus") for es, v in result["consensus"].items()}
     outrd.complete_stage("compare", outputs=outputs, metrics=metrics)
     return result

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..artifacts import UNANNOTATED
 from ..errors import ConfigError
 
-UNANNOTATED = "unannotated"
 GO_BP_NAME = re.compile(r"go[_\-. ]?bp|biological[_\-. ]?process", re.IGNORECASE)
 
 

@@ -25,13 +25,13 @@ import pandas as pd
 from ..config import apply_compat, check, compat_option, option, parse_layers
 from ..errors import InputError
 from ..genesets import GeneSets, library_name, read_gmt, read_pairs
-from ..rundir import RunDir, atomic_write_parquet
+from .. import artifacts
+from ..rundir import RunDir
 from . import enrich, network
 from .catalog import CatalogAccumulator, catalog_table
 from .labels import annotation_summary, find_label_library, label_features, select_from_catalog
 
-STAGE = "annotate"
-OUT_DIR = "annotation"
+STAGE = artifacts.ANNOTATE
 ENRICHMENT_COLUMNS = ["feature", "library", "term_id", "term_name", "overlap", "set_size", "term_size",
                       "background_size", "odds_ratio", "p_value", "q_value", "overlap_genes", "kind",
                       "significant"]
@@ -312,9 +312,7 @@ def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
         catalog, enrichment = annotate_layer(catalog, libraries, background, cfg, networks, label_library,
                                              progress=f"layer {layer:02d}" if progress else None)
         for kind, df in (("catalog", catalog), ("enrichment", enrichment)):
-            rel = f"{OUT_DIR}/layer{layer:02d}_{kind}.parquet"
-            atomic_write_parquet(rd.path / rel, df)
-            outputs.append(rel)
+            outputs.append(artifacts.write_table(rd, artifacts.annotation_file(layer, kind), df))
         metrics["layers"][str(layer)] = layer_metrics(catalog, len(background) if cfg.compat != "reference" else None)
     rd.complete_stage(STAGE, outputs=outputs, metrics=metrics)
     return metrics
@@ -333,15 +331,7 @@ def layer_metrics(catalog: pd.DataFrame, background_size: int | None) -> dict:
 
 def load_annotation(run: str | os.PathLike) -> tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]:
     """(catalogs, enrichment) per layer of a run whose annotate stage completed."""
-    rd = RunDir(run, create=False)
-    st = rd.require(STAGE)
-    catalogs, enrichment = {}, {}
-    for rel in st.get("outputs", []):
-        name = Path(rel).name
-        layer = int(name[len("layer"):len("layer") + 2])
-        df = pd.read_parquet(rd.path / rel)
-        (catalogs if name.endswith("_catalog.parquet") else enrichment)[layer] = df
-    return catalogs, enrichment
+    return artifacts.read_annotation(run, follow=False)
 
 
 def select_features(run: str | os.PathLike, layer: int, method: str = "richness", n: int = 30,

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import artifacts
 from ..config import from_dict, parse_feature_spec, to_dict
 from ..errors import ConfigError, InputError
-from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
+from ..rundir import RunDir
 from .accumulators import Accumulators
 from .config import TraceConfig
 from .edges import Thresholds, build_tables
 
-STAGE = "trace"
-META = "trace_meta.json"
+STAGE = artifacts.TRACE
 
 
 @dataclass
@@ -325,7 +325,7 @@ def open_trace(setup: TraceSetup, fingerprint: str | None = None, executor: dict
     blocks = list(range(i * setup.n_blocks // n, (i + 1) * setup.n_blocks // n))
     stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
     rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
-    atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
+    artifacts.write_json(rd, artifacts.trace_meta_file(i, n), meta)
     finished = _finished_statistics(trace_dir, fp) if n == 1 else None
     todo = []
     for b in blocks:
@@ -411,10 +411,10 @@ def merge(shard_dirs, out=None, progress: bool = True) -> TraceResult:
     trace_dirs = [d if d.name == STAGE and not (d / STAGE).is_dir() else d / STAGE for d in dirs]
     metas = []
     for td in trace_dirs:
-        files = sorted(td.glob("trace_meta*.json"))
-        if not files:
+        found = artifacts.read_trace_metas(td)
+        if not found:
             raise InputError(td, "no trace metadata (trace_meta*.json): not a trace shard directory")
-        metas += [read_json(f) for f in files]
+        metas += found
     fps = {m["fingerprint"] for m in metas}
     if len(fps) != 1:
         raise InputError(trace_dirs[0], f"shards come from different traces (fingerprints {sorted(fps)}); "
@@ -470,8 +470,7 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
     edges, features, null = build_tables(total, Thresholds.from_config(cfg), meta["model_name"], catalogs)
     td = rd.path / STAGE
     total.save(td / "accumulators.npz", fingerprint=np.asarray(meta["fingerprint"]))
-    for name, df in (("edges", edges), ("features", features), ("null", null)):
-        atomic_write_parquet(td / f"{name}.parquet", df)
+    outputs = artifacts.write_trace_tables(rd, {"edges": edges, "features": features, "null": null})
     c = total.counters
     compute_s = c.get("compute_ms", 0) / 1000
     metrics = {
@@ -486,7 +485,7 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "n_tests": int(sum(features["n_tests"])) if len(features) else 0,
         "n_edges": int(len(edges)), "n_edges_in_cap": int(edges["in_cap"].sum()) if len(edges) else 0,
     }
-    outputs = [f"{STAGE}/{x}" for x in ("edges.parquet", "features.parquet", "null.parquet", "accumulators.npz")]
+    outputs.append(f"{STAGE}/accumulators.npz")
     rd.complete_stage(STAGE, outputs, metrics)
     if cleanup:
         shutil.rmtree(td / "blocks", ignore_errors=True)
@@ -495,6 +494,4 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
 
 def load_trace(run) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(edges, features, null) tables of a run whose trace stage completed."""
-    rd = RunDir(run, create=False)
-    rd.require(STAGE)
-    return tuple(pd.read_parquet(rd.path / STAGE / f"{n}.parquet") for n in ("edges", "features", "null"))
+    return artifacts.read_trace_tables(run)

@@ -36,7 +36,7 @@ import pandas as pd
 from .. import stats
 from ..config import check, option
 from ..errors import InputError
-from ..rundir import RunDir, atomic_write_json, atomic_write_parquet
+from ..rundir import RunDir
 from . import metrics
 from .perturb import Screen, open_screen, pseudobulk
 from .predictions import PredictConfig, predict_genes
@@ -300,16 +300,12 @@ def validate(runs, perturbations_path: str | os.PathLike, cfg: ValidateConfig | 
 
 def _write(res: ValidationResult) -> list[str]:
     """Write every table atomically; returns paths relative to the run."""
-    out = res.out_dir
-    written = []
-    for name, df in (("predictions", res.predictions), ("knockdowns", res.knockdowns), ("pairs", res.pairs),
-                     ("enrichment", res.enrichment), ("summary", res.summary)):
-        atomic_write_parquet(out / f"{name}.parquet", df)
-        written.append(f"validation/{name}.parquet")
+    from .. import artifacts
+
     records = res.summary.astype(object).where(res.summary.notna(), None).to_dict(orient="records")
-    atomic_write_json(out / "summary.json", records)  # NaN -> null (valid JSON)
-    written.append("validation/summary.json")
-    return written
+    return artifacts.write_validation(res.out_dir, {
+        "predictions": res.predictions, "knockdowns": res.knockdowns, "pairs": res.pairs,
+        "enrichment": res.enrichment, "summary": res.summary}, records)  # NaN -> null (valid JSON)
 
 
 def summary_table(summary: pd.DataFrame):

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import artifacts
 from ..config import check, option
 from ..errors import InputError
-from ..rundir import RunDir
 
-EDGE_COLUMNS = ["source_layer", "source_feature", "target_layer", "target_feature", "cohens_d", "in_cap"]
+EDGE_COLUMNS = list(artifacts.EDGE_COLUMNS)
 EDGE_OPTIONAL = ["source_label", "source_label_id", "target_label", "target_label_id", "consensus", "novel"]
 
 
@@ -82,45 +82,11 @@ def condition_names(runs: list[str | os.PathLike]) -> list[str]:
 
 
 def read_edges(run: str | os.PathLike, capped: bool) -> pd.DataFrame:
-    """The contract columns of ``RUN/trace/edges.parquet`` (plus optional label/flag columns)."""
-    import pyarrow.parquet as pq
-
-    rd = RunDir(run, create=False)
-    rd.require("trace")
-    path = rd / "trace/edges.parquet"
-    if not path.is_file():
-        raise InputError(path, "file not found (the trace stage wrote no edge table)")
-    names = set(pq.read_schema(path).names)
-    missing = [c for c in EDGE_COLUMNS if c not in names]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}")
-    cols = EDGE_COLUMNS + [c for c in EDGE_OPTIONAL if c in names]
-    edges = pd.read_parquet(path, columns=cols)
-    if capped:
-        edges = edges[edges["in_cap"].astype(bool)]
-    return edges.reset_index(drop=True)
+    """The contract columns of the run's edge table plus the optional label / flag columns."""
+    return artifacts.read_edges(run, columns=artifacts.edge_columns(run, EDGE_OPTIONAL), capped=capped)
 
 
-def annotation_run(run: str | os.PathLike) -> RunDir:
-    """The run holding the feature catalogs of ``run``'s edges.
-
-    The run itself when its ``annotate`` stage is complete; otherwise the annotation run the
-    tracer used (``annotation`` in ``RUN/trace/trace_meta.json``, e.g. when SAEs and their
-    annotation come from another run).
-    """
-    from ..rundir import read_json
-
-    rd = RunDir(run, create=False)
-    if rd.is_complete("annotate"):
-        return rd
-    meta_path = rd / "trace/trace_meta.json"
-    other = read_json(meta_path).get("annotation") if meta_path.is_file() else None
-    if other:
-        ann = RunDir(other, create=False)
-        ann.require("annotate")
-        return ann
-    rd.require("annotate")  # raises the usual "run `sccircuits annotate` first" error
-    return rd
+annotation_run = artifacts.annotation_run
 
 
 def read_top_genes(run: str | os.PathLike, layers, top_n: int) -> pd.DataFrame:
@@ -130,16 +96,9 @@ def read_top_genes(run: str | os.PathLike, layers, top_n: int) -> pd.DataFrame:
     of the run (:func:`annotation_run`);
     empty symbols are dropped and a gene repeated in one list keeps its best rank.
     """
-    rd = annotation_run(run)
     parts = []
     for layer in sorted({int(x) for x in layers}):
-        path = rd / f"annotation/layer{layer:02d}_catalog.parquet"
-        if not path.is_file():
-            raise InputError(path, "feature catalog not found (needed for the edges of this layer)")
-        try:
-            cat = pd.read_parquet(path, columns=["feature", "top_genes"])
-        except Exception as e:  # pyarrow raises several types for missing columns / bad files
-            raise InputError(path, f"cannot read columns feature, top_genes ({type(e).__name__})") from None
+        cat = artifacts.read_catalog_columns(run, layer, ["feature", "top_genes"])
         long = cat.explode("top_genes").rename(columns={"top_genes": "gene"})
         long = long[long["gene"].notna()]
         long["gene"] = long["gene"].astype(str)
@@ -181,9 +140,7 @@ def _read_domain_pairs(path: str | os.PathLike, flag: str) -> pd.DataFrame:
 
 def _run_novel_pairs(run: str | os.PathLike) -> Path | None:
     """``RUN/analysis/novel_pairs.parquet`` when the run's ``analyze`` stage is complete."""
-    rd = RunDir(run, create=False)
-    path = rd / "analysis/novel_pairs.parquet"
-    return path if rd.is_complete("analyze") and path.is_file() else None
+    return artifacts.analysis_table_path(run, "novel_pairs")
 
 
 def _flag_edges(edges: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:

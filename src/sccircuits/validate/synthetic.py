@@ -100,6 +100,7 @@ def write_run(path: str | os.PathLike, edges: pd.DataFrame, top_genes: dict[int,
     contract columns get defaults; in_cap defaults to True). ``top_genes``: {layer: {feature:
     [symbols, best first]}}. Stages ``annotate`` and ``trace`` are marked complete.
     """
+    from .. import artifacts
     from ..rundir import RunDir
 
     rd = RunDir(path)
@@ -115,12 +116,10 @@ def write_run(path: str | os.PathLike, edges: pd.DataFrame, top_genes: dict[int,
     for layer, feats in top_genes.items():
         cat = pd.DataFrame({"feature": list(feats), "top_genes": [list(g) for g in feats.values()]})
         cat["fire_count"] = 10
-        cat["label_name"] = "unannotated"
-        (rd / "annotation").mkdir(parents=True, exist_ok=True)
-        cat.to_parquet(rd / f"annotation/layer{int(layer):02d}_catalog.parquet", index=False)
+        cat["label_name"] = artifacts.UNANNOTATED
+        artifacts.write_table(rd, artifacts.annotation_file(layer, "catalog"), cat)
     rd.complete_stage("annotate")
     rd.begin_stage("trace", {})
-    (rd / "trace").mkdir(parents=True, exist_ok=True)
-    e.to_parquet(rd / "trace/edges.parquet", index=False)
+    artifacts.write_table(rd, artifacts.trace_file("edges"), e)
     rd.complete_stage("trace")
     return rd.path
