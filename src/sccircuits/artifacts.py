@@ -27,11 +27,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
+
+if TYPE_CHECKING:  # pandas is imported by the readers that need it (cheap CLI start-up)
+    import pandas as pd
 
 # -- stage names (the manifest keys and the commands that write them) -----------------------------
 EXTRACT = "extract"
@@ -66,6 +68,7 @@ def read_table(path: str | os.PathLike, columns: tuple[str, ...] = (), only: lis
     """A parquet table with ``columns`` present (one-line error naming the file otherwise).
     ``only``: read just these columns. An empty table written without a schema gets the
     contract columns."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     path = Path(path)

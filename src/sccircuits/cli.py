@@ -16,17 +16,16 @@ from rich.console import Console
 
 from .activations import ExtractConfig
 from .analysis.config import AnalyzeConfig, CompareConfig
-from .annotate.stage import AnnotateConfig
+from .annotate.config import AnnotateConfig
 from .cli_options import config_options
 from .datasets.go import BuildGOConfig
 from .demo import DemoConfig
 from .errors import SCCircuitsError
-from .pretrain import PretrainConfig
-from .report import ReportConfig
-from .sae.train import SAETrainConfig
+from .pretrain_config import PretrainConfig
+from .report_config import ReportConfig
+from .sae.config import SAETrainConfig
 from .trace.config import TraceConfig
-from .validate.core import ValidateConfig
-from .validate.predictions import PredictConfig
+from .validate.config import PredictConfig, ValidateConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Causal circuit tracing in single-cell foundation models.")

@@ -19,20 +19,9 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .config import check, option
+from .report_config import ReportConfig  # noqa: F401  (re-exported)
 from .errors import InputError
 from .rundir import RunDir, atomic_write_bytes, environment
-
-
-@dataclass
-class ReportConfig:
-    """Options of ``sccircuits report``."""
-
-    top_circuits: int = option(25, "Number of strongest annotated edges listed as top circuits.")
-    capped: bool = option(False, "Use only the published top-N-capped edges (in_cap) in edge figures.")
-
-    def __post_init__(self) -> None:
-        check(self.top_circuits >= 0, "top_circuits must be >= 0")
 
 
 # -- reading (through sccircuits.artifacts) ------------------------------------------------

@@ -10,7 +10,26 @@ effect sizes, sign balance, attenuation, hubs), :mod:`.coherence`, :mod:`.consen
 :mod:`.novel`, :mod:`.hierarchy`, :mod:`.tissue`, :mod:`.disease`, :mod:`.graph` (GraphML).
 """
 
-from .config import AnalyzeConfig, CompareConfig
-from .pipeline import analyze, compare, summarize
+from __future__ import annotations
+
+_EXPORTS = {
+    'AnalyzeConfig': '.config',
+    'CompareConfig': '.config',
+    'analyze': '.pipeline',
+    'compare': '.pipeline',
+    'summarize': '.pipeline',
+}
 
 __all__ = ["AnalyzeConfig", "CompareConfig", "analyze", "compare", "summarize"]
+
+
+def __getattr__(name: str):
+    """Import the stage code only when one of its names is used (so that importing a config
+    dataclass, e.g. for the CLI, does not load torch)."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

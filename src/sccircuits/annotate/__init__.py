@@ -12,12 +12,40 @@ overlaps, hypergeometric tests, BH), :mod:`.network` (STRING/TRRUST edges, degre
 null), :mod:`.labels` (label rule, richness, selection), :mod:`.stage` (the stage itself).
 """
 
-from .catalog import CatalogAccumulator, CatalogCounts, catalog_table, top_genes
-from .labels import UNANNOTATED, annotation_summary, find_label_library, label_features, select_from_catalog
-from .stage import (AnnotateConfig, annotate, annotate_layer, layer_counts, load_annotation, load_libraries,
-                    select_features)
+from __future__ import annotations
+
+_EXPORTS = {
+    'CatalogAccumulator': '.catalog',
+    'CatalogCounts': '.catalog',
+    'catalog_table': '.catalog',
+    'top_genes': '.catalog',
+    'UNANNOTATED': '.labels',
+    'annotation_summary': '.labels',
+    'find_label_library': '.labels',
+    'label_features': '.labels',
+    'select_from_catalog': '.labels',
+    'AnnotateConfig': '.config',
+    'annotate': '.stage',
+    'annotate_layer': '.stage',
+    'layer_counts': '.stage',
+    'load_annotation': '.stage',
+    'load_libraries': '.stage',
+    'select_features': '.stage',
+}
 
 __all__ = ["AnnotateConfig", "annotate", "annotate_layer", "load_annotation", "select_features",
            "CatalogAccumulator", "CatalogCounts", "catalog_table", "top_genes", "label_features",
            "annotation_summary", "find_label_library", "select_from_catalog", "layer_counts",
            "load_libraries", "UNANNOTATED"]
+
+
+def __getattr__(name: str):
+    """Import the stage code only when one of its names is used (so that importing a config
+    dataclass, e.g. for the CLI, does not load torch)."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

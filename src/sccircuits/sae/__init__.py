@@ -7,17 +7,22 @@
 
 from __future__ import annotations
 
-from .io import import_bio_sae, load_bio_sae, load_sae, load_saes, save_sae
-from .model import TopKSAE, topk_relu
+_EXPORTS = {
+    "import_bio_sae": ".io", "load_bio_sae": ".io", "load_sae": ".io", "load_saes": ".io", "save_sae": ".io",
+    "TopKSAE": ".model", "topk_relu": ".model", "train_saes": ".train", "SAETrainConfig": ".config",
+}
 
 __all__ = ["TopKSAE", "topk_relu", "load_sae", "load_saes", "save_sae", "load_bio_sae",
            "import_bio_sae", "train_saes", "SAETrainConfig"]
 
 
 def __getattr__(name: str):
-    # training pulls in the activation store; import it only when asked for
-    if name in ("train_saes", "SAETrainConfig"):
-        from . import train
+    """Import the SAE code only when one of its names is used (so that importing the options
+    dataclass, e.g. for the CLI, does not load torch)."""
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(train, name)
-    raise AttributeError(name)
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,14 +14,40 @@
 
 from __future__ import annotations
 
-from .accumulators import Accumulators, PairStats
-from ..config import parse_feature_spec
-from .config import TraceConfig
-from .edges import EDGE_COLUMNS, Thresholds, build_tables
-from .engine import AblationEngine, TracePlan
-from .stage import (TraceInputs, TraceResult, TraceSetup, feature_frequencies, load_trace, merge, open_trace,
-                    prepare_trace, run_trace, trace)
+_EXPORTS = {
+    'Accumulators': '.accumulators',
+    'PairStats': '.accumulators',
+    'parse_feature_spec': '..config',
+    'TraceConfig': '.config',
+    'EDGE_COLUMNS': '.edges',
+    'Thresholds': '.edges',
+    'build_tables': '.edges',
+    'AblationEngine': '.engine',
+    'TracePlan': '.engine',
+    'TraceInputs': '.stage',
+    'TraceResult': '.stage',
+    'TraceSetup': '.stage',
+    'feature_frequencies': '.stage',
+    'load_trace': '.stage',
+    'merge': '.stage',
+    'open_trace': '.stage',
+    'prepare_trace': '.stage',
+    'run_trace': '.stage',
+    'trace': '.stage',
+}
 
 __all__ = ["trace", "merge", "load_trace", "TraceConfig", "TraceResult", "AblationEngine", "TracePlan",
            "Accumulators", "PairStats", "Thresholds", "build_tables", "EDGE_COLUMNS", "parse_feature_spec",
            "feature_frequencies", "prepare_trace", "TraceSetup", "TraceInputs", "open_trace", "run_trace"]
+
+
+def __getattr__(name: str):
+    """Import the stage code only when one of its names is used (so that importing a config
+    dataclass, e.g. for the CLI, does not load torch)."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

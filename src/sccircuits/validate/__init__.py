@@ -6,8 +6,31 @@
 - :mod:`.core`: :func:`validate`, the stage (tables in ``RUN/validation/``).
 """
 
-from .core import ValidateConfig, ValidationResult, summary_table, validate
-from .predictions import PredictConfig, add_status, predict_genes, read_predictions, write_predictions
+from __future__ import annotations
+
+_EXPORTS = {
+    'ValidateConfig': '.config',
+    'ValidationResult': '.core',
+    'summary_table': '.core',
+    'validate': '.core',
+    'PredictConfig': '.config',
+    'add_status': '.predictions',
+    'predict_genes': '.predictions',
+    'read_predictions': '.predictions',
+    'write_predictions': '.predictions',
+}
 
 __all__ = ["PredictConfig", "ValidateConfig", "ValidationResult", "add_status", "predict_genes",
            "read_predictions", "summary_table", "validate", "write_predictions"]
+
+
+def __getattr__(name: str):
+    """Import the stage code only when one of its names is used (so that importing a config
+    dataclass, e.g. for the CLI, does not load torch)."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

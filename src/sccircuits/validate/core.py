@@ -34,54 +34,14 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..config import check, option
 from ..errors import InputError
 from ..rundir import RunDir
 from . import metrics
 from .perturb import Screen, open_screen, pseudobulk
-from .predictions import PredictConfig, predict_genes
+from .config import PredictConfig, ValidateConfig  # noqa: F401  (re-exported)
+from .predictions import predict_genes
 
 POOLED = "(pooled)"
-
-
-@dataclasses.dataclass
-class ValidateConfig:
-    """Options of ``sccircuits validate``."""
-
-    target_column: str = option("gene", "obs column with the knocked-down gene symbol")
-    control_label: str = option("non-targeting", "label of control cells in the target column")
-    cell_line_column: str | None = option(None, "obs column with the cell line (default: 'cell_line' "
-                                                "if present, else one line)")
-    gene_column: str | None = option(None, "var column with gene symbols (default: gene_name etc. when "
-                                           "var_names are Ensembl ids)")
-    min_cells: int = option(20, "minimum cells per knockdown (and per control group) in a cell line")
-    normalize: bool = option(True, "library-size normalise each cell (scale / full row total)")
-    scale: float = option(1e4, "normalised counts per cell (1e4 = CP10k)")
-    pseudocount: float = option(0.1, "pseudocount added to both means before log2 (normalised units)")
-    efficacy_filter: bool = option(False, "use only knockdowns whose own gene drops by min_knockdown")
-    min_knockdown: float = option(0.3, "required fractional drop of the knocked-down gene (0.3 = 30%)")
-    min_abs_lfc: float = option(0.01, "pairs with |LFC| below this are not scored for direction")
-    responsive_lfc: float = option(0.5, "|LFC| above this makes a gene responsive (Fisher test)")
-    background: str = option("screen", "Fisher background: 'screen' (all measured genes) or "
-                                       "'predicted' (measured genes predicted as a target of any source)")
-    fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
-    n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
-    seed: int = option(0, "bootstrap seed")
-    chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
-    predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.predict, dict):
-            self.predict = PredictConfig(**self.predict)
-        check(self.min_cells >= 1, "min_cells must be >= 1")
-        check(self.scale > 0, "scale must be > 0")
-        check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
-        check(0 < self.min_knockdown < 1, "min_knockdown must be in (0, 1)")
-        check(self.min_abs_lfc >= 0 and self.responsive_lfc >= 0, "LFC thresholds must be >= 0")
-        check(self.background in ("screen", "predicted"), "background must be 'screen' or 'predicted'")
-        check(0 < self.fdr < 1, "fdr must be in (0, 1)")
-        check(self.n_boot >= 1, "n_boot must be >= 1")
-        check(self.chunk_size >= 1, "chunk_size must be >= 1")
 
 
 @dataclasses.dataclass

@@ -27,7 +27,6 @@ in chunks so that memory stays bounded for large edge tables.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -35,42 +34,11 @@ import numpy as np
 import pandas as pd
 
 from .. import artifacts
-from ..config import check, option
 from ..errors import InputError
+from .config import PredictConfig  # noqa: F401  (re-exported)
 
 EDGE_COLUMNS = list(artifacts.EDGE_COLUMNS)
 EDGE_OPTIONAL = ["source_label", "source_label_id", "target_label", "target_label_id", "consensus", "novel"]
-
-
-@dataclasses.dataclass
-class PredictConfig:
-    """Options of gene-level prediction (``sccircuits predict``)."""
-
-    top_genes: int = option(10, "top genes per feature used on each side of an edge")
-    edges: str = option("capped", "which edges: 'capped' (in_cap, the published top-N set) or 'uncapped' (all)")
-    min_edges: int = option(2, "keep pairs seen in at least this many edges ...")
-    min_max_abs_d: float = option(2.0, "... or whose largest |d| exceeds this")
-    drop_self_pairs: bool = option(True, "drop pairs whose source and target gene are the same")
-    string_pairs: str | None = option(None, "TSV of STRING gene pairs (symbols; undirected) for status")
-    trrust: str | None = option(None, "TSV of TRRUST edges (TF, target, ...; directed) for status")
-    go_gmt: str | None = option(None, "GO GMT file: pairs sharing a term are 'plausible'")
-    consensus_pairs: str | None = option(None, "table (parquet/csv/tsv) of consensus domain pairs: "
-                                               "source_label(_id), target_label(_id)")
-    novel_pairs: str | None = option(None, "table of novel domain pairs (same columns; rows with novel "
-                                           "False are ignored)")
-    auto_novel: bool = option(True, "without novel_pairs, use each run's analysis/novel_pairs.parquet "
-                                    "when its analyze stage is complete")
-    edge_chunk: int = option(20000, "edges per processing chunk (memory bound)")
-
-    def __post_init__(self) -> None:
-        check(self.top_genes >= 1, "top_genes must be >= 1")
-        check(self.edges in ("capped", "uncapped"), "edges must be 'capped' or 'uncapped'")
-        check(self.min_edges >= 1, "min_edges must be >= 1")
-        check(self.edge_chunk >= 1, "edge_chunk must be >= 1")
-
-
-# ---------------------------------------------------------------------------------------------
-# reading a run
 
 
 def condition_names(runs: list[str | os.PathLike]) -> list[str]:
