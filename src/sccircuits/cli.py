@@ -457,6 +457,27 @@ def report_cmd(
     print(build_report(run, compare=compare, out=out, cfg=ReportConfig(top_circuits=top_circuits, capped=capped)))
 
 
+@app.command("atlas")
+def atlas_cmd(
+    run: list[Path] = typer.Option([], "--run", help="run directory (repeat for several conditions)"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="output directory of `sccircuits compare` "
+                                           "(its runs are used when no --run is given)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: RUN/atlas.html)"),
+    max_edges: int = typer.Option(250_000, help="most edges embedded (the strongest |d| are kept)"),
+    max_features: int = typer.Option(50_000, help="most features embedded"),
+    capped: bool = typer.Option(False, help="embed only the published top-N-capped edges"),
+    cell_type_column: Optional[str] = typer.Option(None, help="obs column with cell types ('' = none; default: "
+                                                   "cell_type, celltype, bulk_labels, ...)"),
+    cell_type_cells: int = typer.Option(300, help="cells sampled for the activity per cell type"),
+) -> None:
+    """Write one offline HTML atlas: search genes/terms/features, feature cards, edges, neighbourhood graphs."""
+    from .atlas import AtlasConfig, build_atlas
+
+    cfg = AtlasConfig(max_edges=max_edges, max_features=max_features, capped=capped,
+                      cell_type_column=cell_type_column, cell_type_cells=cell_type_cells)
+    print(build_atlas(run, compare=compare, out=out, cfg=cfg))
+
+
 # --- trace and merge (issue 6; sccircuits.trace) ---
 @app.command("trace")
 def trace_cmd(
