@@ -434,4 +434,5 @@
   route();
   window.atlas.ready = true;
   window.atlasReadyAt = performance.now();
+  setTimeout(searchIndex, 50);  // build the search index once the first view is on screen
 })();
