@@ -235,3 +235,49 @@ def _assert_card(b: Browser, run, ri: int, layer: int, feat: int) -> None:
             best = mine.loc[mine.cohens_d.abs().idxmax()]
             assert shown[0][0] == f"L{best[f'{other}_layer']}:F{best[f'{other}_feature']}"
             assert float(shown[0][1]) == pytest.approx(best.cohens_d, rel=6e-3)  # 3 significant digits
+
+
+def test_consensus_view_lists_the_edges_behind_each_pair(tmp_path):
+    """The cross-model view: each consensus pair of a compare directory points at the embedded
+    edges whose (source, target) labels are that pair, run by run; compared runs missing from
+    the atlas are named."""
+    from sccircuits.analysis.inputs import normalize_edges
+    from sccircuits.atlas import AtlasConfig, atlas_data
+    from sccircuits.atlas.data import RunTables
+    from sccircuits.rundir import RunDir, atomic_write_json, atomic_write_parquet
+
+    def edges(rows):
+        cols = ["source_layer", "source_feature", "source_label", "source_label_id", "target_layer",
+                "target_feature", "target_label", "target_label_id", "cohens_d"]
+        e = pd.DataFrame(rows, columns=cols).assign(consistency=0.9, in_cap=True, q_value=0.01, n_cells=10)
+        return normalize_edges(e)
+
+    a = edges([(0, 1, "apoptosis", "GO:A", 1, 2, "mitosis", "GO:B", -1.2),
+               (0, 1, "apoptosis", "GO:A", 1, 3, "unannotated", "", 0.8),
+               (0, 4, "mitosis", "GO:B", 1, 2, "mitosis", "GO:B", 0.7)])
+    b = edges([(0, 5, "apoptosis", "GO:A", 2, 7, "mitosis", "GO:B", 0.9)])
+    tables = []
+    for name, e in (("gf", a), ("sg", b)):
+        rd = RunDir(tmp_path / name)
+        tables.append(RunTables(name, rd.path, name, e, None, {}, {}, None, rd))
+    cmp = RunDir(tmp_path / "cmp")
+    runs = {"gf": str(tmp_path / "gf"), "sg": str(tmp_path / "sg"), "other": str(tmp_path / "other")}
+    cmp.begin_stage("compare", {}, runs=runs, groups={"geneformer": ["gf", "other"], "scgpt": ["sg"]})
+    atomic_write_parquet(cmp / "consensus_pairs.parquet", pd.DataFrame([
+        {"source_domain": "GO:A", "target_domain": "GO:B", "source_name": "apoptosis", "target_name": "mitosis",
+         "n_edges_geneformer": 1, "mean_abs_d_geneformer": 1.2, "mean_d_geneformer": -1.2, "n_edges_scgpt": 1,
+         "mean_abs_d_scgpt": 0.9, "mean_d_scgpt": 0.9, "high_confidence": False, "edge_set": "all"}]))
+    atomic_write_json(cmp / "compare.json", {"consensus": {"all": {"n_consensus": 1, "pairs_per_group": {
+        "geneformer": 2, "scgpt": 1}, "label_permutation_null": {"expected": 0.2, "p_value": 0.1}}}})
+    cmp.complete_stage("compare", outputs=["consensus_pairs.parquet", "compare.json"])
+
+    data = atlas_data(tables, AtlasConfig(cell_type_column=""), cmp.path)
+    C, E, F = data["compare"], data["edges"], data["features"]
+    assert C["n_consensus"] == 1 and C["runs_not_in_atlas"] == ["other"]
+    assert C["groups"] == {"geneformer": ["gf", "other"], "scgpt": ["sg"]}
+    pair = C["pairs"][0]
+    assert pair["source"] == ["GO:A", "apoptosis"] and pair["groups"]["geneformer"]["runs"] == [0]
+    behind = {run: [(F["layer"][E["s"][i]], F["id"][E["s"][i]], F["layer"][E["t"][i]], F["id"][E["t"][i]], E["d"][i])
+                    for i in ix] for run, ix in pair["edges"].items()}
+    assert behind == {"0": [(0, 1, 1, 2, -1.2)], "1": [(0, 5, 2, 7, 0.9)]}
+    assert [data["terms"][F["label"][E["s"][i]]][0] for i in pair["edges"]["0"]] == ["GO:A"]  # labels from the edges
