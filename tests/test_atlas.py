@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -146,7 +148,11 @@ def test_atlas_errors(tmp_path, pipeline):
         build_atlas([tmp_path / "empty"], out=tmp_path / "a.html")
     assert not (tmp_path / "a.html").exists()
     res = CliRunner().invoke(app, ["atlas", "--out", str(tmp_path / "b.html")])
-    assert res.exit_code != 0 and not (tmp_path / "b.html").exists()
+    assert isinstance(res.exception, InputError) and "at least one run" in str(res.exception)
+    bad = subprocess.run([sys.executable, "-m", "sccircuits.cli", "atlas", "--run", str(tmp_path / "empty"),
+                          "--out", str(tmp_path / "b.html")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "nothing to show" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b.html").exists()
 
 
 @pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (Debian package 'chromium')")
