@@ -274,12 +274,14 @@ def test_consensus_view_lists_the_edges_behind_each_pair(tmp_path):
          "n_edges_geneformer": 1, "mean_abs_d_geneformer": 1.2, "mean_d_geneformer": -1.2, "n_edges_scgpt": 1,
          "mean_abs_d_scgpt": 0.9, "mean_d_scgpt": 0.9, "high_confidence": False, "edge_set": "all"}]))
     atomic_write_json(cmp / "compare.json", {"consensus": {"all": {"n_consensus": 1, "pairs_per_group": {
-        "geneformer": 2, "scgpt": 1}, "label_permutation_null": {"expected": 0.2, "p_value": 0.1}}}})
+        "geneformer": 2, "scgpt": 1}, "label_permutation_null": {"expected": 0.2, "p_value": 0.1},
+        "edge_permutation_null": {"expected": 0.5, "p_value": 0.4}, "headline_null": "edge_permutation_null"}}})
     cmp.complete_stage("compare", outputs=["consensus_pairs.parquet", "compare.json"])
 
     data = atlas_data(tables, AtlasConfig(cell_type_column=""), cmp.path)
     C, E, F = data["compare"], data["edges"], data["features"]
     assert C["n_consensus"] == 1 and C["runs_not_in_atlas"] == ["other"]
+    assert list(C["nulls"]) == ["edge_permutation_null", "label_permutation_null"]  # headline first
     assert C["groups"] == {"geneformer": ["gf", "other"], "scgpt": ["sg"]}
     pair = C["pairs"][0]
     assert pair["source"] == ["GO:A", "apoptosis"] and pair["groups"]["geneformer"]["runs"] == [0]

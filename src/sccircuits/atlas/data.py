@@ -381,7 +381,11 @@ def _compare(cdir: Path, tables: list[RunTables], edges: pd.DataFrame | None, ed
                           "high_confidence": bool(r.get("high_confidence", False)), "groups": per_group,
                           "edges": {str(ri): ix for ri, ix in behind.get(k, {}).items()}})
     cons = (res.get("consensus") or {}).get(edge_set) or {}
+    nulls = {k: v for k, v in cons.items() if k.endswith("_null") and isinstance(v, dict)}
+    headline = cons.get("headline_null")
+    if headline in nulls:  # the comparison's headline null first
+        nulls = {headline: nulls[headline], **{k: v for k, v in nulls.items() if k != headline}}
     return {"path": str(rd.path), "edge_set": edge_set, "groups": {g: list(m) for g, m in groups.items()},
             "n_consensus": cons.get("n_consensus"), "pairs_per_group": cons.get("pairs_per_group"),
-            "nulls": {k: cons.get(k) for k in ("label_permutation_null", "rewiring_null") if cons.get(k)},
+            "nulls": nulls, "headline_null": headline if headline in nulls else None,
             "pairs": out_pairs, "runs_not_in_atlas": missing}

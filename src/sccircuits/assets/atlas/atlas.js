@@ -334,7 +334,7 @@
       esc(C.path) + " (edge set “" + esc(C.edge_set) + "”): " + fmt(C.n_consensus) + " pairs; pairs per group " + esc(JSON.stringify(C.pairs_per_group || {})) + ".</p>"];
     Object.keys(C.nulls || {}).forEach(function (k) {
       var n = C.nulls[k];
-      h.push("<p class='note'>" + esc(k.replace(/_/g, " ")) + ": expected " + fmt(n.expected) + ", fold " + fmt(n.fold_enrichment) + ", p = " + fmt(n.p_value, 2) + " (" + fmt(n.n_draws) + " draws)</p>");
+      h.push("<p class='note'>" + esc(k.replace(/_/g, " ")) + (k === C.headline_null ? " (headline)" : "") + ": expected " + fmt(n.expected) + ", fold " + fmt(n.fold_enrichment) + ", p = " + fmt(n.p_value, 2) + " (" + fmt(n.n_draws) + " draws)</p>");
     });
     if (C.runs_not_in_atlas.length) h.push("<p class='warn'>Runs of the comparison not in this atlas (their features are not shown): " + esc(C.runs_not_in_atlas.join(", ")) + "</p>");
     if (!C.pairs.length) { h.push("<p class='na'>No consensus pair.</p>"); return h.join(""); }
