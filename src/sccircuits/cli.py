@@ -16,6 +16,7 @@ from rich.console import Console
 
 from .activations import ExtractConfig
 from .analysis.config import AnalyzeConfig, CompareConfig
+from .atlas.data import AtlasConfig
 from .annotate.stage import AnnotateConfig
 from .cli_options import config_options
 from .datasets.go import BuildGOConfig
@@ -335,23 +336,17 @@ def report_cmd(
 
 
 @app.command("atlas")
+@config_options(AtlasConfig)
 def atlas_cmd(
     run: list[Path] = typer.Option([], "--run", help="run directory (repeat for several conditions)"),
     compare: Optional[Path] = typer.Option(None, "--compare", help="output directory of `sccircuits compare` "
                                            "(its runs are used when no --run is given)"),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: RUN/atlas.html)"),
-    max_edges: int = typer.Option(250_000, help="most edges embedded (the strongest |d| are kept)"),
-    max_features: int = typer.Option(50_000, help="most features embedded"),
-    capped: bool = typer.Option(False, help="embed only the published top-N-capped edges"),
-    cell_type_column: Optional[str] = typer.Option(None, help="obs column with cell types ('' = none; default: "
-                                                   "cell_type, celltype, bulk_labels, ...)"),
-    cell_type_cells: int = typer.Option(300, help="cells sampled for the activity per cell type"),
+    cfg=None,
 ) -> None:
     """Write one offline HTML atlas: search genes/terms/features, feature cards, edges, neighbourhood graphs."""
-    from .atlas import AtlasConfig, build_atlas
+    from .atlas import build_atlas
 
-    cfg = AtlasConfig(max_edges=max_edges, max_features=max_features, capped=capped,
-                      cell_type_column=cell_type_column, cell_type_cells=cell_type_cells)
     print(build_atlas(run, compare=compare, out=out, cfg=cfg))
 
 
