@@ -95,7 +95,7 @@ def test_an_option_reaches_the_config(monkeypatch, tmp_path):
         seen.update(kwargs)
         return "planned"
 
-    import sccircuits.trace_ray as tr
+    import sccircuits.trace as tr
 
     monkeypatch.setattr(tr, "run_trace", fake_run_trace)
     res = CliRunner().invoke(cli.app, ["trace", "--run", str(tmp_path), "--plan", "--source-layers", "2,0,2",

@@ -367,7 +367,7 @@ def trace_cmd(
     cfg=None,
 ) -> None:
     """Ablate source SAE features and measure every downstream SAE feature (edges.parquet)."""
-    from .trace_ray import run_trace
+    from .trace import run_trace
 
     res = run_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg,
                     executor=executor, address=address, num_workers=num_workers, plan=plan)
@@ -396,7 +396,7 @@ def merge_cmd(
     print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
 
 
-# --- scale-out: dtype check (issue 10; sccircuits.plan) ---
+# --- scale-out: dtype check (issue 10; sccircuits.trace.plan) ---
 @app.command("check-dtype")
 def check_dtype_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (model, cells, SAEs, annotation from it)"),
@@ -412,7 +412,7 @@ def check_dtype_cmd(
     batch_size: int = typer.Option(16, "--batch-size", help="ablated sequences per forward pass"),
 ) -> None:
     """Trace a sample in float32 and in --dtype; print how far Cohen's d moves and edges flip."""
-    from .plan import dtype_agreement
+    from .trace.plan import dtype_agreement
 
     cfg = TraceConfig(source_layers=source_layers, n_features=n_features, selection=selection, n_cells=n_cells,
                       device=device, batch_size=batch_size)
