@@ -14,6 +14,7 @@ from sccircuits import cli
 from sccircuits.activations import ExtractConfig
 from sccircuits.analysis.config import AnalyzeConfig, CompareConfig
 from sccircuits.annotate.stage import AnnotateConfig
+from sccircuits.atlas.data import AtlasConfig
 from sccircuits.config import parse_feature_spec, parse_int_list, parse_layers
 from sccircuits.datasets.go import BuildGOConfig
 from sccircuits.demo import DemoConfig
@@ -39,6 +40,7 @@ COMMANDS = {
     ("validate",): (ValidateConfig, {}),
     ("demo",): (DemoConfig, {}),
     ("report",): (ReportConfig, {}),
+    ("atlas",): (AtlasConfig, {}),
 }
 
 

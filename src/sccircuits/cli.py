@@ -17,6 +17,7 @@ from rich.console import Console
 from .activations import ExtractConfig
 from .analysis.config import AnalyzeConfig, CompareConfig
 from .annotate.config import AnnotateConfig
+from .atlas.config import AtlasConfig
 from .cli_options import config_options
 from .datasets.go import BuildGOConfig
 from .demo import DemoConfig
@@ -331,6 +332,21 @@ def report_cmd(
     from .report import build_report
 
     print(build_report(run, compare=compare, out=out, cfg=cfg))
+
+
+@app.command("atlas")
+@config_options(AtlasConfig)
+def atlas_cmd(
+    run: list[Path] = typer.Option([], "--run", help="run directory (repeat for several conditions)"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="output directory of `sccircuits compare` "
+                                           "(its runs are used when no --run is given)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: RUN/atlas.html)"),
+    cfg=None,
+) -> None:
+    """Write one offline HTML atlas: search genes/terms/features, feature cards, edges, neighbourhood graphs."""
+    from .atlas import build_atlas
+
+    print(build_atlas(run, compare=compare, out=out, cfg=cfg))
 
 
 # --- trace and merge (issue 6; sccircuits.trace) ---
