@@ -12,6 +12,8 @@ effect sizes, sign balance, attenuation, hubs), :mod:`.coherence`, :mod:`.consen
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {
     'AnalyzeConfig': '.config',
     'CompareConfig': '.config',
@@ -23,13 +25,4 @@ _EXPORTS = {
 __all__ = ["AnalyzeConfig", "CompareConfig", "analyze", "compare", "summarize"]
 
 
-def __getattr__(name: str):
-    """Import the stage code only when one of its names is used (so that importing a config
-    dataclass, e.g. for the CLI, does not load torch)."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -14,6 +14,8 @@ null), :mod:`.labels` (label rule, richness, selection), :mod:`.stage` (the stag
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {
     'CatalogAccumulator': '.catalog',
     'CatalogCounts': '.catalog',
@@ -39,13 +41,4 @@ __all__ = ["AnnotateConfig", "annotate", "annotate_layer", "load_annotation", "s
            "load_libraries", "UNANNOTATED"]
 
 
-def __getattr__(name: str):
-    """Import the stage code only when one of its names is used (so that importing a config
-    dataclass, e.g. for the CLI, does not load torch)."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,17 +10,11 @@ Modules: :mod:`.data` (the run's tables -> the compact dict the page embeds, siz
 vendored Cytoscape.js and the page's own script and style from ``assets/atlas/``).
 """
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {"AtlasConfig": ".config", "atlas_data": ".data", "build_atlas": ".page", "render_page": ".page"}
 
 __all__ = ["AtlasConfig", "build_atlas", "atlas_data", "render_page"]
 
 
-def __getattr__(name: str):
-    """Import the atlas code only when one of its names is used (cheap CLI start-up)."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {
     "import_bio_sae": ".io", "load_bio_sae": ".io", "load_sae": ".io", "load_saes": ".io", "save_sae": ".io",
     "TopKSAE": ".model", "topk_relu": ".model", "train_saes": ".train", "SAETrainConfig": ".config",
@@ -16,13 +18,4 @@ __all__ = ["TopKSAE", "topk_relu", "load_sae", "load_saes", "save_sae", "load_bi
            "import_bio_sae", "train_saes", "SAETrainConfig"]
 
 
-def __getattr__(name: str):
-    """Import the SAE code only when one of its names is used (so that importing the options
-    dataclass, e.g. for the CLI, does not load torch)."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {
     'Accumulators': '.accumulators',
     'PairStats': '.accumulators',
@@ -41,13 +43,4 @@ __all__ = ["trace", "merge", "load_trace", "TraceConfig", "TraceResult", "Ablati
            "feature_frequencies", "prepare_trace", "TraceSetup", "TraceInputs", "open_trace", "run_trace"]
 
 
-def __getattr__(name: str):
-    """Import the stage code only when one of its names is used (so that importing a config
-    dataclass, e.g. for the CLI, does not load torch)."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {
     'ValidateConfig': '.config',
     'ValidationResult': '.core',
@@ -24,13 +26,4 @@ __all__ = ["PredictConfig", "ValidateConfig", "ValidationResult", "add_status", 
            "read_predictions", "summary_table", "validate", "write_predictions"]
 
 
-def __getattr__(name: str):
-    """Import the stage code only when one of its names is used (so that importing a config
-    dataclass, e.g. for the CLI, does not load torch)."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
