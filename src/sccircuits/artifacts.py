@@ -157,15 +157,18 @@ def annotation_layers(run: RunDir) -> dict[int, dict[str, Path]]:
     return out
 
 
-def read_annotation(run: RunDir | str | os.PathLike, follow: bool = True
+def read_annotation(run: RunDir | str | os.PathLike, follow: bool = True,
+                    catalog_columns: tuple[str, ...] = CATALOG_COLUMNS,
+                    enrichment_columns: tuple[str, ...] = ENRICHMENT_COLUMNS
                     ) -> tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]:
-    """(catalogs, enrichment) per layer. ``follow``: through the pointer rule (else the run's
+    """(catalogs, enrichment) per layer, checked for the given columns (default: the contract
+    the analyses and the report rely on). ``follow``: through the pointer rule (else the run's
     own annotate stage must be complete)."""
     rd = annotation_run(run) if follow else as_rundir(run)
     rd.require(ANNOTATE)
     files = annotation_layers(rd)
-    catalogs = {l: read_table(f["catalog"], CATALOG_COLUMNS) for l, f in files.items() if "catalog" in f}
-    enrichment = {l: read_table(f["enrichment"], ENRICHMENT_COLUMNS) for l, f in files.items() if "enrichment" in f}
+    catalogs = {l: read_table(f["catalog"], catalog_columns) for l, f in files.items() if "catalog" in f}
+    enrichment = {l: read_table(f["enrichment"], enrichment_columns) for l, f in files.items() if "enrichment" in f}
     if not catalogs:
         raise InputError(rd.path / ANNOTATION_DIR, "no layerNN_catalog.parquet files")
     return catalogs, enrichment

@@ -291,8 +291,9 @@ def layer_metrics(catalog: pd.DataFrame, background_size: int | None) -> dict:
 
 
 def load_annotation(run: str | os.PathLike) -> tuple[dict[int, pd.DataFrame], dict[int, pd.DataFrame]]:
-    """(catalogs, enrichment) per layer of a run whose annotate stage completed."""
-    return artifacts.read_annotation(run, follow=False)
+    """(catalogs, enrichment) per layer of a run whose annotate stage completed (only
+    ``feature`` is required: selection and labels use what the catalog has)."""
+    return artifacts.read_annotation(run, follow=False, catalog_columns=("feature",), enrichment_columns=())
 
 
 def select_features(run: str | os.PathLike, layer: int, method: str = "richness", n: int = 30,
