@@ -195,6 +195,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
            "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed")}}
+    if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
+        key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -306,7 +308,8 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     if done is not None:  # same trace already computed: only the thresholds may differ
         return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
 
-    plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
+    plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk,
+                     support_active=cfg.compat == "reference")
     engine = AblationEngine(adapter, all_saes, plan)
     todo = [b for b in blocks if not block_path(trace_dir, b).is_file()]
     for b in blocks:
