@@ -141,13 +141,14 @@ def pretrain_demo_cmd(
 # --- gene-level predictions and CRISPRi validation (issue 8; sccircuits.validate) ---
 def _predict_cfg(top_genes: int, uncapped: bool, min_edges: int, min_max_abs_d: float,
                  string_pairs: Optional[Path], trrust: Optional[Path], go_gmt: Optional[Path],
-                 consensus_pairs: Optional[Path], novel_pairs: Optional[Path]):
+                 consensus_pairs: Optional[Path], novel_pairs: Optional[Path], compat: str = "none"):
     from .validate import PredictConfig
 
     s = lambda p: None if p is None else str(p)  # noqa: E731
     return PredictConfig(top_genes=top_genes, edges="uncapped" if uncapped else "capped", min_edges=min_edges,
                          min_max_abs_d=min_max_abs_d, string_pairs=s(string_pairs), trrust=s(trrust),
-                         go_gmt=s(go_gmt), consensus_pairs=s(consensus_pairs), novel_pairs=s(novel_pairs))
+                         go_gmt=s(go_gmt), consensus_pairs=s(consensus_pairs), novel_pairs=s(novel_pairs),
+                         compat=compat)
 
 
 _PRED_OPTS = dict(
@@ -160,6 +161,7 @@ _PRED_OPTS = dict(
     go_gmt=typer.Option(None, "--go-gmt", help="GO GMT (pairs sharing a term: plausible)"),
     consensus_pairs=typer.Option(None, "--consensus-pairs", help="table of consensus domain pairs (flags)"),
     novel_pairs=typer.Option(None, "--novel-pairs", help="table of novel domain pairs (flags)"),
+    compat=typer.Option("none", "--compat", help="'reference' reproduces the published rules (docs/compat.md)"),
 )
 
 
@@ -172,7 +174,7 @@ def predict_cmd(
     min_edges: int = _PRED_OPTS["min_edges"], min_max_abs_d: float = _PRED_OPTS["min_max_abs_d"],
     string_pairs: Optional[Path] = _PRED_OPTS["string_pairs"], trrust: Optional[Path] = _PRED_OPTS["trrust"],
     go_gmt: Optional[Path] = _PRED_OPTS["go_gmt"], consensus_pairs: Optional[Path] = _PRED_OPTS["consensus_pairs"],
-    novel_pairs: Optional[Path] = _PRED_OPTS["novel_pairs"],
+    novel_pairs: Optional[Path] = _PRED_OPTS["novel_pairs"], compat: str = _PRED_OPTS["compat"],
 ) -> None:
     """Gene-pair predictions: each edge's source x target top genes, weight 1/((i+1)(j+1))."""
     from .errors import InputError
@@ -184,7 +186,7 @@ def predict_cmd(
         out = run[0] / "validation" / "gene_predictions.parquet"
     pred = predict_genes([str(r) for r in run], _predict_cfg(top_genes, uncapped, min_edges, min_max_abs_d,
                                                             string_pairs, trrust, go_gmt, consensus_pairs,
-                                                            novel_pairs))
+                                                            novel_pairs, compat))
     write_predictions(pred, out)
     extra = ""
     if "status" in pred.columns:
@@ -217,7 +219,7 @@ def validate_cmd(
     top_genes: int = _PRED_OPTS["top_genes"], uncapped: bool = _PRED_OPTS["uncapped"],
     min_edges: int = _PRED_OPTS["min_edges"], min_max_abs_d: float = _PRED_OPTS["min_max_abs_d"],
     consensus_pairs: Optional[Path] = _PRED_OPTS["consensus_pairs"],
-    novel_pairs: Optional[Path] = _PRED_OPTS["novel_pairs"],
+    novel_pairs: Optional[Path] = _PRED_OPTS["novel_pairs"], compat: str = _PRED_OPTS["compat"],
 ) -> None:
     """Validate gene-pair predictions against a CRISPRi Perturb-seq screen (accuracy vs sign-bias
     baseline, cluster-bootstrap CI, Spearman, Fisher enrichment); tables in OUT/validation/."""
@@ -229,9 +231,9 @@ def validate_cmd(
     cfg = ValidateConfig(target_column=target_column, control_label=control_label,
                          cell_line_column=cell_line_column, gene_column=gene_column, min_cells=min_cells,
                          efficacy_filter=efficacy_filter, min_knockdown=min_knockdown, pseudocount=pseudocount,
-                         background=background, n_boot=n_boot, seed=seed, chunk_size=chunk_size,
+                         background=background, n_boot=n_boot, seed=seed, chunk_size=chunk_size, compat=compat,
                          predict=_predict_cfg(top_genes, uncapped, min_edges, min_max_abs_d, None, None, None,
-                                              consensus_pairs, novel_pairs))
+                                              consensus_pairs, novel_pairs, compat))
     table = None if predictions is None else read_predictions(predictions)
     res = validate([str(r) for r in run or []], perturbations, cfg, predictions=table, out=out)
     Console().print(summary_table(res.summary))
