@@ -403,6 +403,13 @@ def compare_cmd(
     gene_sets: Optional[Path] = typer.Option(None, "--gene-sets", help="GMT of domain term genes for novel relations"),
     disease_gmt: Optional[Path] = typer.Option(None, "--disease-gmt", help="independent disease gene sets "
                                                "(default: compat keyword categories from GO names)"),
+    compat: str = typer.Option("none", "--compat", help="'reference': also the published consensus p, novel, "
+                               "disease and tissue rules (docs/compat.md)"),
+    compat_gene_sets: list[Path] = typer.Option([], "--compat-gene-sets", help="GO BP, KEGG, Reactome GMTs in this "
+                                                "order (default: the annotate stage's)"),
+    compat_trrust: Optional[Path] = typer.Option(None, "--compat-trrust", help="TRRUST TSV (default: the annotate stage's)"),
+    compat_contrast: list[str] = typer.Option([], "--compat-contrast", help="published tissue contrast "
+                                              "FOCUS[+FOCUS2]:BASELINE (repeatable; default: --contrast)"),
 ) -> None:
     """Comparison table, cross-model consensus with two nulls, novelty, hierarchy, tissue and disease tests."""
     from .analysis import CompareConfig, compare
@@ -410,7 +417,10 @@ def compare_cmd(
     cfg = CompareConfig(n_perm=permutations, n_rewire=rewirings, seed=seed,
                         edge_sets=[x.strip() for x in edge_sets.split(",") if x.strip()], contrasts=list(contrast),
                         gene_sets=None if gene_sets is None else str(gene_sets),
-                        disease_gmt=None if disease_gmt is None else str(disease_gmt))
+                        disease_gmt=None if disease_gmt is None else str(disease_gmt), compat=compat,
+                        compat_gene_sets=[str(p) for p in compat_gene_sets],
+                        compat_trrust=None if compat_trrust is None else str(compat_trrust),
+                        compat_contrasts=list(compat_contrast) or None)
     r = compare(runs, groups, out, cfg)
     for es, c in r["consensus"].items():
         if "n_consensus" not in c:
@@ -420,6 +430,10 @@ def compare_cmd(
         print(f"{es}: {c['n_consensus']} consensus pairs ({c['n_high_confidence']} high-confidence); "
               f"label permutation {lab['fold_enrichment']:.2f}x (p={lab['p_value']:.3g}), "
               f"rewiring {rew['fold_enrichment']:.2f}x (p={rew['p_value']:.3g})")
+    if "reference" in r:
+        d = r["reference"]["disease"]
+        print(f"compat reference: {r['reference']['consensus']['n_consensus']} consensus pairs; disease pairs "
+              f"{d['n_disease_pairs']}/{d['n_pairs']}, OR {d['odds_ratio']:.2f} (p={d['p_value']:.3g})")
     print(f"written to {out}")
 
 

@@ -54,10 +54,23 @@ class CompareConfig:
     min_shared_genes: int = option(3, "compat novel rule: fewer than this many shared genes")
     analyze: AnalyzeConfig = option(factory=AnalyzeConfig, help="options of the per-run summaries when a run has no analysis yet")
     progress: bool = option(True, "show progress bars")
+    compat: str = option("none", "'reference': also report the published consensus p, novel, disease and tissue "
+                                 "rules (compare.json 'reference', reference_*.parquet; docs/compat.md)")
+    compat_gene_sets: list[str] = option(factory=list, help="compat: GO BP, KEGG, Reactome GMTs in this order "
+                                                            "(default: the annotate stage's --gene-sets)")
+    compat_trrust: str | None = option(None, "compat: TRRUST TSV for the published trrust_TFs disease category "
+                                             "(default: the annotate stage's --trrust)")
+    compat_contrasts: list[str] | None = option(None, "compat: published tissue contrasts FOCUS:BASELINE, runs joined "
+                                                      "by '+' (published: tissue GF+tissue scGPT:K562 GF); default: contrasts")
 
     def __post_init__(self) -> None:
         if isinstance(self.analyze, dict):
             self.analyze = AnalyzeConfig(**self.analyze)
+        check(self.compat in ("none", "reference"), f"compat must be 'none' or 'reference', got {self.compat!r}")
+        self.compat_gene_sets = [str(x) for x in self.compat_gene_sets]
+        for c in self.compat_contrasts or []:
+            check(c.count(":") == 1 and all(x for part in c.split(":") for x in part.split("+")),
+                  f"compat contrast must look like FOCUS[+FOCUS2]:BASELINE, got {c!r}")
         check(self.n_perm >= 0 and self.n_rewire >= 0, "n_perm and n_rewire must be >= 0")
         check(self.rewire_swaps_per_draw > 0, "rewire_swaps_per_draw must be > 0")
         self.edge_sets = [str(x) for x in self.edge_sets]
