@@ -128,3 +128,61 @@ def test_compare_compat_needs_gene_sets(ref_runs, tmp_path):
     cfg = CompareConfig(n_perm=9, n_rewire=9, progress=False, compat="reference")
     with pytest.raises(InputError, match="compat-gene-sets"):
         compare([a.path, b.path], None, tmp_path / "cmp", cfg)
+
+
+# --- feature labels --------------------------------------------------------------------------------
+
+def test_published_label_rules_first_listed_source_best_p_target():
+    """Published source label: the first GO BP / KEGG / Reactome entry of the feature's
+    annotation list (bio-sae-circuits src/13_causal_circuit_tracing.py L171-175); the list holds
+    significant tests in test order, GO BP in file order, then KEGG, then Reactome (bio-sae
+    src/04_annotate_features.py L243-262, L332-343). Target label: lowest adjusted p among GO BP
+    terms, ties to the first listed (src/14 L120-129, strict <).
+
+    GO file order T3, T2, T1, T4, T5; alpha 0.95 makes every tested term significant except T5
+    (p 1, its table clipped). BH over the 7 tests (p .032, .14, .14, .343, .634, 1, 1).
+    f0 (A B C D) tests T3 (p 1660/4845), T1 (p 155/4845): source T3 (listed first), target T1.
+    f1 (A B E) tests T2 and T1 with equal p (160/1140): source T2, target T2 (tie -> listed first;
+    the default rule breaks the tie by term id: T1). f2 (15 fillers) overlaps KEGG K1 in 4 genes
+    (p 9828/15504, q .887): source K1, target unannotated (targets take GO BP only). f3 is dead."""
+    from sccircuits.annotate import AnnotateConfig, annotate_layer
+
+    filler = [f"F{i}" for i in range(15)]
+    catalog = pd.DataFrame({"feature": [0, 1, 2, 3], "fire_count": [10, 10, 10, 0],
+                            "activation_freq": [0.1, 0.1, 0.1, 0.0],
+                            "top_genes": [["A", "B", "C", "D"], ["A", "B", "E"], filler, ["Z9"]]})
+    go = {"T3": ("three", frozenset({"C", "D", "Z1", "Z2", "Z3", "Z4"})),
+          "T2": ("two", frozenset({"A", "E", "Y1", "Y2", "Y3"})),
+          "T1": ("one", frozenset({"A", "B", "C", "X1", "X2"})),
+          "T4": ("small", frozenset({"A", "B", "C", "D"})),
+          "T5": ("big", frozenset({"A", "B", *[f"W{i}" for i in range(18)]}))}
+    kegg = {"K1": ("kegg one", frozenset({"Q1", "F0", "F1", "F2", "F3"}))}
+    libs = {"kegg": kegg, "go_bp": go}  # the GO BP library comes first whatever the order given
+    cat, _ = annotate_layer(catalog, libs, None, AnnotateConfig(compat="reference", alpha=0.95, store_max_q=1.0))
+    assert cat["source_label_id"].tolist() == ["T3", "T2", "K1", None]
+    assert cat["label_id"].tolist() == ["T1", "T2", None, None]
+    assert cat["source_label_name"].tolist() == ["three", "two", "kegg one", "unannotated"]
+    default, _ = annotate_layer(catalog, libs, ["A", "B", "C", "D", "E", *filler, "Z9"],
+                                AnnotateConfig(alpha=0.95, store_max_q=1.0, min_count=1))
+    assert "source_label_id" not in default.columns
+    # the tie of f1 alone: published order (term_order) -> T2, default (p, overlap, term id) -> T1
+    from sccircuits.annotate import label_features
+
+    tie = pd.DataFrame({"feature": [1, 1], "library": "go_bp", "term_id": ["T2", "T1"], "term_name": ["two", "one"],
+                        "q_value": 0.1, "p_value": 0.05, "overlap": 2, "kind": "gene_set", "term_order": [1, 2]})
+    assert label_features(tie, 2, "go_bp")["label_id"].tolist()[1] == "T2"
+    assert label_features(tie.drop(columns="term_order"), 2, "go_bp")["label_id"].tolist()[1] == "T1"
+
+
+def test_tracer_labels_sources_with_the_published_source_label():
+    """Edges take source labels from the catalog's source_label_* columns when present (compat
+    annotation), target labels from label_*."""
+    from sccircuits.trace.edges import _label_maps, _labels
+
+    cat = pd.DataFrame({"feature": [0, 1], "label_id": ["T1", None], "label_name": ["one", "unannotated"],
+                        "source_label_id": ["T3", "K1"], "source_label_name": ["three", "kegg one"]})
+    src = _labels(_label_maps({0: cat}, "source_label"), 0, [0, 1])
+    tgt = _labels(_label_maps({0: cat}), 0, [0, 1])
+    assert src == (["three", "kegg one"], ["T3", "K1"]) and tgt == (["one", "unannotated"], ["T1", ""])
+    plain = cat.drop(columns=["source_label_id", "source_label_name"])
+    assert _labels(_label_maps({0: plain}, "source_label"), 0, [0, 1]) == tgt
