@@ -169,7 +169,7 @@ def test_published_label_rules_first_listed_source_best_p_target():
     from sccircuits.annotate import label_features
 
     tie = pd.DataFrame({"feature": [1, 1], "library": "go_bp", "term_id": ["T2", "T1"], "term_name": ["two", "one"],
-                        "q_value": 0.1, "p_value": 0.05, "overlap": 2, "kind": "gene_set", "term_order": [1, 2]})
+                        "q_value": 0.01, "p_value": 0.001, "overlap": 2, "kind": "gene_set", "term_order": [1, 2]})
     assert label_features(tie, 2, "go_bp")["label_id"].tolist()[1] == "T2"
     assert label_features(tie.drop(columns="term_order"), 2, "go_bp")["label_id"].tolist()[1] == "T1"
 
