@@ -186,3 +186,21 @@ def test_tracer_labels_sources_with_the_published_source_label():
     assert src == (["three", "kegg one"], ["T3", "K1"]) and tgt == (["one", "unannotated"], ["T1", ""])
     plain = cat.drop(columns=["source_label_id", "source_label_name"])
     assert _labels(_label_maps({0: plain}, "source_label"), 0, [0, 1]) == tgt
+
+
+def test_cli_compare_and_predict_with_compat(ref_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from sccircuits.cli import app
+
+    (a, b), gmt = ref_runs
+    r = CliRunner().invoke(app, ["compare", str(a.path), str(b.path), "--groups", f"geneformer={a.path};scgpt=scgpt_ts",
+                                 "--out", str(tmp_path / "cmp"), "--permutations", "9", "--rewirings", "9",
+                                 "--compat", "reference", "--compat-gene-sets", str(gmt),
+                                 "--compat-contrast", "gf_k562+scgpt_ts:scgpt_ts"])
+    assert r.exit_code == 0, r.output
+    assert "compat reference: 2 consensus pairs; disease pairs 2/7, OR 4.00" in r.output
+    r = CliRunner().invoke(app, ["predict", "--run", str(a.path), "--out", str(tmp_path / "p.tsv"), "--compat", "reference"])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    assert "mean_abs_d" in pred.columns and len(pred) > 0
