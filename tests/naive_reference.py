@@ -161,3 +161,15 @@ def naive_edges(obs: dict, d_threshold: float = 0.5, consistency_threshold: floa
     df = pd.DataFrame(rows, columns=["source_layer", "source_feature", "target_layer", "target_feature",
                                      "cohens_d", "consistency", "n_cells", "mean_delta"])
     return df.sort_values(["source_layer", "source_feature", "target_layer", "target_feature"], ignore_index=True)
+
+
+EDGE_KEY = ["source_layer", "source_feature", "target_layer", "target_feature"]
+
+
+def assert_same_edges(ours: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """The tracer's capped edges equal the naive loop's: same keys, d, mean delta and cell counts."""
+    merged = ours.merge(ref, on=EDGE_KEY, how="outer", suffixes=("", "_ref"), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged["_merge"].value_counts()
+    np.testing.assert_allclose(merged["cohens_d"], merged["cohens_d_ref"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(merged["mean_delta"], merged["mean_delta_ref"], rtol=1e-4, atol=1e-5)
+    assert (merged["n_cells"] == merged["n_cells_ref"]).all()
