@@ -107,7 +107,7 @@ def test_compare_compat_reference_end_to_end(ref_runs, tmp_path):
     Tissue (gf_k562 vs scgpt_ts): focus-only {(1,1), (4,2)}, shared {(1,2), (3,3)}; kidney [[1, 1],
     [0, 2]] -> p = 1/2."""
     (a, b), gmt = ref_runs
-    cfg = CompareConfig(n_perm=49, n_rewire=9, contrasts=["gf_k562:scgpt_ts"], progress=False, compat="reference",
+    cfg = CompareConfig(n_perm=49, n_rewire=9, n_edge_perm=9, disease_n_perm=9, contrasts=["gf_k562:scgpt_ts"], progress=False, compat="reference",
                         compat_gene_sets=[str(gmt)])
     r = compare([a.path, b.path], f"geneformer={a.path};scgpt=scgpt_ts", tmp_path / "cmp", cfg)["reference"]
     assert r["consensus"]["n_consensus"] == 2
@@ -125,7 +125,7 @@ def test_compare_compat_reference_end_to_end(ref_runs, tmp_path):
 
 def test_compare_compat_needs_gene_sets(ref_runs, tmp_path):
     (a, b), _ = ref_runs
-    cfg = CompareConfig(n_perm=9, n_rewire=9, progress=False, compat="reference")
+    cfg = CompareConfig(n_perm=9, n_rewire=9, n_edge_perm=9, disease_n_perm=9, progress=False, compat="reference")
     with pytest.raises(InputError, match="compat-gene-sets"):
         compare([a.path, b.path], None, tmp_path / "cmp", cfg)
 
@@ -195,7 +195,8 @@ def test_cli_compare_and_predict_with_compat(ref_runs, tmp_path):
 
     (a, b), gmt = ref_runs
     r = CliRunner().invoke(app, ["compare", str(a.path), str(b.path), "--groups", f"geneformer={a.path};scgpt=scgpt_ts",
-                                 "--out", str(tmp_path / "cmp"), "--permutations", "9", "--rewirings", "9",
+                                 "--out", str(tmp_path / "cmp"), "--permutations", "9", "--rewirings", "9", "--edge-permutations", "9",
+                                 "--disease-permutations", "9",
                                  "--compat", "reference", "--compat-gene-sets", str(gmt),
                                  "--compat-contrast", "gf_k562+scgpt_ts:scgpt_ts"])
     assert r.exit_code == 0, r.output
