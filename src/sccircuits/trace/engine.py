@@ -133,7 +133,8 @@ class AblationEngine:
         parts = []
         for i in range(0, len(x), chunk):
             _, idx = sae.encode_topk(x[i:i + chunk].to(torch.float32))
-            parts.append((idx[:, :, None] == cols[None, None, :]).any(1))
+            support = torch.zeros(len(idx), int(sae.d_sae), dtype=torch.bool, device=idx.device)
+            parts.append(support.scatter_(1, idx, True)[:, cols])
         return torch.cat(parts) if parts else torch.zeros(0, len(cols), dtype=torch.bool, device=x.device)
 
     # -- one block of cells ---------------------------------------------------------------
