@@ -198,7 +198,7 @@ def test_cli_compare_and_predict_with_compat(ref_runs, tmp_path):
                                  "--out", str(tmp_path / "cmp"), "--permutations", "9", "--rewirings", "9", "--edge-permutations", "9",
                                  "--disease-permutations", "9",
                                  "--compat", "reference", "--compat-gene-sets", str(gmt),
-                                 "--compat-contrast", "gf_k562+scgpt_ts:scgpt_ts"])
+                                 "--compat-contrasts", "gf_k562+scgpt_ts:scgpt_ts"])
     assert r.exit_code == 0, r.output
     assert "compat reference: 2 consensus pairs; disease pairs 2/7, OR 4.00" in r.output
     r = CliRunner().invoke(app, ["predict", "--run", str(a.path), "--out", str(tmp_path / "p.tsv"), "--compat", "reference"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from sccircuits.errors import ConfigError
 from sccircuits.rundir import RunDir
 from sccircuits.validate import PredictConfig, ValidateConfig, predict_genes
 from sccircuits.validate.core import knockdown_enrichment_counts
@@ -99,10 +100,16 @@ def test_published_fold_change_settings():
     """L362-397: LFC = log2(mean_kd + 1) - log2(mean_ctrl + 1) of the matrix as stored (no
     per-cell normalisation); L386: knockdowns need >= 5 cells; L446: |LFC| < 0.01 not scored;
     L503: responsive |LFC| > 0.5; the predictions follow the published rules too."""
-    cfg = ValidateConfig(compat="reference", pseudocount=0.1, min_cells=50)
+    cfg = ValidateConfig(compat="reference")
     assert (cfg.normalize, cfg.pseudocount, cfg.min_cells, cfg.min_abs_lfc, cfg.responsive_lfc) == \
         (False, 1.0, 5, 0.01, 0.5)
     assert cfg.predict.compat == "reference" and cfg.predict.min_shared_go == 2
+    ours = ValidateConfig()
+    assert (ours.normalize, ours.pseudocount, ours.min_cells, ours.predict.min_shared_go) == (True, 0.1, 20, 1)
+    with pytest.raises(ConfigError, match="--pseudocount"):  # compat never silently replaces a given value
+        ValidateConfig(compat="reference", pseudocount=0.1)
+    with pytest.raises(ConfigError, match="--min-shared-go"):
+        ValidateConfig(compat="reference", predict=PredictConfig(min_shared_go=1))
 
 
 def test_compat_validation_end_to_end(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, option
+from ..config import COMPAT_MODES, check, option, parse_names
 
 EDGE_SETS = ("all", "capped")
 
@@ -33,7 +33,7 @@ class AnalyzeConfig:
         check(0 < self.pagerank_alpha < 1, "pagerank_alpha must be in (0, 1)")
         check(self.min_shared_genes >= 1, "min_shared_genes must be >= 1")
         check(self.top_hubs >= 0, "top_hubs must be >= 0")
-        self.libraries = [str(x) for x in self.libraries]
+        self.libraries = parse_names(self.libraries, "libraries")
         check(len(self.libraries) > 0, "libraries must not be empty")
 
 
@@ -63,15 +63,17 @@ class CompareConfig:
                                                             "(default: the annotate stage's --gene-sets)")
     compat_trrust: str | None = option(None, "compat: TRRUST TSV for the published trrust_TFs disease category "
                                              "(default: the annotate stage's --trrust)")
-    compat_contrasts: list[str] | None = option(None, "compat: published tissue contrasts FOCUS:BASELINE, runs joined "
-                                                      "by '+' (published: tissue GF+tissue scGPT:K562 GF); default: contrasts")
+    compat_contrasts: list[str] = option(factory=list, help="compat: published tissue contrasts FOCUS:BASELINE, runs "
+                                                            "joined by '+' (published: tissue GF+tissue scGPT:K562 GF); "
+                                                            "default: contrasts")
 
     def __post_init__(self) -> None:
         if isinstance(self.analyze, dict):
             self.analyze = AnalyzeConfig(**self.analyze)
-        check(self.compat in ("none", "reference"), f"compat must be 'none' or 'reference', got {self.compat!r}")
-        self.compat_gene_sets = [str(x) for x in self.compat_gene_sets]
-        for c in self.compat_contrasts or []:
+        check(self.compat in COMPAT_MODES, f"compat must be 'none' or 'reference', got {self.compat!r}")
+        self.compat_gene_sets = parse_names(self.compat_gene_sets, "compat_gene_sets")
+        self.compat_contrasts = parse_names(self.compat_contrasts, "compat_contrasts")
+        for c in self.compat_contrasts:
             check(c.count(":") == 1 and all(x for part in c.split(":") for x in part.split("+")),
                   f"compat contrast must look like FOCUS[+FOCUS2]:BASELINE, got {c!r}")
         check(self.n_perm >= 0 and self.n_rewire >= 0 and self.n_edge_perm >= 0,
@@ -79,7 +81,8 @@ class CompareConfig:
         check(self.disease_n_perm >= 0, "disease_n_perm must be >= 0")
         check(self.disease_min_stratum >= 1, "disease_min_stratum must be >= 1")
         check(self.rewire_swaps_per_draw > 0, "rewire_swaps_per_draw must be > 0")
-        self.edge_sets = [str(x) for x in self.edge_sets]
+        self.edge_sets = parse_names(self.edge_sets, "edge_sets")
+        self.contrasts = parse_names(self.contrasts, "contrasts")
         check(len(self.edge_sets) > 0 and all(x in EDGE_SETS for x in self.edge_sets),
               f"edge_sets must be a non-empty subset of {EDGE_SETS}")
         check(0 < self.q_max <= 1, "q_max must be in (0, 1]")

@@ -369,7 +369,7 @@ def _reference(data: dict, names: Mapping[str, RunDir], groups: dict, cfg: Compa
     if not files or trrust is None:
         rec_files, rec_trrust = annotation_inputs(next(iter(names.values())))
         files, trrust = files or rec_files, trrust if trrust is not None else rec_trrust
-    contrasts = cfg.contrasts if cfg.compat_contrasts is None else cfg.compat_contrasts
+    contrasts = cfg.compat_contrasts or cfg.contrasts
     ref, tables = compare_reference(data, groups, contrasts, files, trrust, cfg.n_perm, cfg.seed,
                                     cfg.min_shared_genes, progress=cfg.progress)
     result["reference"] = ref

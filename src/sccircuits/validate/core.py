@@ -1,4 +1,4 @@
-"""Validation of gene-level predictions against a CRISPRi Perturb-seq screen (method notes §6).
+"""Validation of gene-level predictions against a CRISPRi Perturb-seq screen (docs/method.md §7).
 
 Steps (:func:`validate`):
 
@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option
 from ..errors import InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet
 from . import metrics
@@ -62,32 +62,30 @@ class ValidateConfig:
                                                 "if present, else one line)")
     gene_column: str | None = option(None, "var column with gene symbols (default: gene_name etc. when "
                                            "var_names are Ensembl ids)")
-    min_cells: int = option(20, "minimum cells per knockdown (and per control group) in a cell line")
-    normalize: bool = option(True, "library-size normalise each cell (scale / full row total)")
+    min_cells: int | None = compat_option(20, 5, "minimum cells per knockdown (and per control group) in a cell line")
+    normalize: bool | None = compat_option(True, False, "library-size normalise each cell (scale / full row total)")
     scale: float = option(1e4, "normalised counts per cell (1e4 = CP10k)")
-    pseudocount: float = option(0.1, "pseudocount added to both means before log2 (normalised units)")
-    efficacy_filter: bool = option(False, "use only knockdowns whose own gene drops by min_knockdown")
+    pseudocount: float | None = compat_option(0.1, 1.0, "pseudocount added to both means before log2 (normalised units)")
+    efficacy_filter: bool | None = compat_option(False, False, "use only knockdowns whose own gene drops by min_knockdown")
     min_knockdown: float = option(0.3, "required fractional drop of the knocked-down gene (0.3 = 30%)")
-    min_abs_lfc: float = option(0.01, "pairs with |LFC| below this are not scored for direction")
-    responsive_lfc: float = option(0.5, "|LFC| above this makes a gene responsive (Fisher test)")
-    background: str = option("screen", "Fisher background: 'screen' (all measured genes) or "
-                                       "'predicted' (measured genes predicted as a target of any source)")
+    min_abs_lfc: float | None = compat_option(0.01, 0.01, "pairs with |LFC| below this are not scored for direction")
+    responsive_lfc: float | None = compat_option(0.5, 0.5, "|LFC| above this makes a gene responsive (Fisher test)")
+    background: str | None = compat_option("screen", "screen", "Fisher background: 'screen' (all measured genes) or "
+                                                               "'predicted' (measured genes predicted as a target of any source)")
     fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
     n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
     seed: int = option(0, "bootstrap seed")
     chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
     predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
-    compat: str = option("none", "'reference': the published LFC, filters and per-knockdown Fisher counting")
+    compat: str = option("none", "'reference': the published LFC, filters, predictions and per-knockdown Fisher "
+                                 "counting (docs/compat.md)")
 
     def __post_init__(self) -> None:
         if isinstance(self.predict, dict):
             self.predict = PredictConfig(**self.predict)
-        check(self.compat in ("none", "reference"), f"compat must be 'none' or 'reference', got {self.compat!r}")
-        if self.compat == "reference":  # published L362-397, L386, L446, L503
-            self.normalize, self.pseudocount, self.min_cells = False, 1.0, 5
-            self.min_abs_lfc, self.responsive_lfc, self.background, self.efficacy_filter = 0.01, 0.5, "screen", False
-            if self.predict.compat != "reference":
-                self.predict = PredictConfig(**{**dataclasses.asdict(self.predict), "compat": "reference"})
+        apply_compat(self)  # published L362-397 (LFC), L386 (>= 5 cells), L446, L503
+        if self.compat == "reference" and self.predict.compat != "reference":
+            self.predict = _with_compat(self.predict)
         check(self.min_cells >= 1, "min_cells must be >= 1")
         check(self.scale > 0, "scale must be > 0")
         check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
@@ -97,6 +95,16 @@ class ValidateConfig:
         check(0 < self.fdr < 1, "fdr must be in (0, 1)")
         check(self.n_boot >= 1, "n_boot must be >= 1")
         check(self.chunk_size >= 1, "chunk_size must be >= 1")
+
+
+def _with_compat(cfg: PredictConfig) -> PredictConfig:
+    """``cfg`` under ``compat="reference"``: compat-dependent fields still at their own default
+    are left to the published value (a value the user changed still contradicts it)."""
+    data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if "compat" in f.metadata and data[f.name] == f.metadata["compat"][0]:
+            data[f.name] = None
+    return PredictConfig(**{**data, "compat": "reference"})
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Gene-level predictions from traced feature circuits (method notes §6, "Gene-level predictions").
+"""Gene-level predictions from traced feature circuits (docs/method.md §7).
 
 Every edge (source feature -> target feature, effect size d) is spread over genes: the source
 feature's top genes (best first) times the target feature's top genes, pair (i, j) (0-based
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option
 from ..errors import InputError
 from ..rundir import RunDir
 
@@ -67,13 +67,12 @@ class PredictConfig:
     auto_novel: bool = option(True, "without novel_pairs, use each run's analysis/novel_pairs.parquet "
                                     "when its analyze stage is complete")
     edge_chunk: int = option(20000, "edges per processing chunk (memory bound)")
-    min_shared_go: int = option(1, "'plausible' needs at least this many shared GO terms (published: 2)")
-    compat: str = option("none", "'reference': published sign sum(w*d)/n_edges, ranking and plausible rule")
+    min_shared_go: int | None = compat_option(1, 2, "'plausible' needs at least this many shared GO terms")
+    compat: str = option("none", "'reference': published sign sum(w*d)/n_edges, ranking, gene lists and plausible "
+                                 "rule (docs/compat.md)")
 
     def __post_init__(self) -> None:
-        check(self.compat in ("none", "reference"), f"compat must be 'none' or 'reference', got {self.compat!r}")
-        if self.compat == "reference":
-            self.min_shared_go = 2
+        apply_compat(self)
         check(self.min_shared_go >= 1, "min_shared_go must be >= 1")
         check(self.top_genes >= 1, "top_genes must be >= 1")
         check(self.edges in ("capped", "uncapped"), "edges must be 'capped' or 'uncapped'")
