@@ -109,7 +109,7 @@ def test_published_fold_change_settings():
     with pytest.raises(ConfigError, match="--pseudocount"):  # compat never silently replaces a given value
         ValidateConfig(compat="reference", pseudocount=0.1)
     with pytest.raises(ConfigError, match="--min-shared-go"):
-        ValidateConfig(compat="reference", predict=PredictConfig(min_shared_go=1))
+        ValidateConfig(compat="reference", predict=PredictConfig(min_shared_go=3))
 
 
 def test_compat_validation_end_to_end(tmp_path):

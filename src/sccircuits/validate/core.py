@@ -84,8 +84,10 @@ class ValidateConfig:
         if isinstance(self.predict, dict):
             self.predict = PredictConfig(**self.predict)
         apply_compat(self)  # published L362-397 (LFC), L386 (>= 5 cells), L446, L503
-        if self.compat == "reference" and self.predict.compat != "reference":
+        if self.compat == "reference" and self.predict.compat != "reference":  # one compat per stage
             self.predict = _with_compat(self.predict)
+        check(self.predict.compat == self.compat, f"predict compat {self.predict.compat!r} differs from the "
+                                                  f"validate compat {self.compat!r}: set compat on ValidateConfig")
         check(self.min_cells >= 1, "min_cells must be >= 1")
         check(self.scale > 0, "scale must be > 0")
         check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
