@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option
 
 
 @dataclasses.dataclass
@@ -27,16 +27,17 @@ class PredictConfig:
     auto_novel: bool = option(True, "without novel_pairs, use each run's analysis/novel_pairs.parquet "
                                     "when its analyze stage is complete")
     edge_chunk: int = option(20000, "edges per processing chunk (memory bound)")
+    min_shared_go: int | None = compat_option(1, 2, "'plausible' needs at least this many shared GO terms")
+    compat: str = option("none", "'reference': published sign sum(w*d)/n_edges, ranking, gene lists and plausible "
+                                 "rule (docs/compat.md)")
 
     def __post_init__(self) -> None:
+        apply_compat(self)
+        check(self.min_shared_go >= 1, "min_shared_go must be >= 1")
         check(self.top_genes >= 1, "top_genes must be >= 1")
         check(self.edges in ("capped", "uncapped"), "edges must be 'capped' or 'uncapped'")
         check(self.min_edges >= 1, "min_edges must be >= 1")
         check(self.edge_chunk >= 1, "edge_chunk must be >= 1")
-
-
-# ---------------------------------------------------------------------------------------------
-# reading a run
 
 
 @dataclasses.dataclass
@@ -49,25 +50,32 @@ class ValidateConfig:
                                                 "if present, else one line)")
     gene_column: str | None = option(None, "var column with gene symbols (default: gene_name etc. when "
                                            "var_names are Ensembl ids)")
-    min_cells: int = option(20, "minimum cells per knockdown (and per control group) in a cell line")
-    normalize: bool = option(True, "library-size normalise each cell (scale / full row total)")
+    min_cells: int | None = compat_option(20, 5, "minimum cells per knockdown (and per control group) in a cell line")
+    normalize: bool | None = compat_option(True, False, "library-size normalise each cell (scale / full row total)")
     scale: float = option(1e4, "normalised counts per cell (1e4 = CP10k)")
-    pseudocount: float = option(0.1, "pseudocount added to both means before log2 (normalised units)")
-    efficacy_filter: bool = option(False, "use only knockdowns whose own gene drops by min_knockdown")
+    pseudocount: float | None = compat_option(0.1, 1.0, "pseudocount added to both means before log2 (normalised units)")
+    efficacy_filter: bool | None = compat_option(False, False, "use only knockdowns whose own gene drops by min_knockdown")
     min_knockdown: float = option(0.3, "required fractional drop of the knocked-down gene (0.3 = 30%)")
-    min_abs_lfc: float = option(0.01, "pairs with |LFC| below this are not scored for direction")
-    responsive_lfc: float = option(0.5, "|LFC| above this makes a gene responsive (Fisher test)")
-    background: str = option("screen", "Fisher background: 'screen' (all measured genes) or "
-                                       "'predicted' (measured genes predicted as a target of any source)")
+    min_abs_lfc: float | None = compat_option(0.01, 0.01, "pairs with |LFC| below this are not scored for direction")
+    responsive_lfc: float | None = compat_option(0.5, 0.5, "|LFC| above this makes a gene responsive (Fisher test)")
+    background: str | None = compat_option("screen", "screen", "Fisher background: 'screen' (all measured genes) or "
+                                                               "'predicted' (measured genes predicted as a target of any source)")
     fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
     n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
     seed: int = option(0, "bootstrap seed")
     chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
     predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
+    compat: str = option("none", "'reference': the published LFC, filters, predictions and per-knockdown Fisher "
+                                 "counting (docs/compat.md)")
 
     def __post_init__(self) -> None:
         if isinstance(self.predict, dict):
             self.predict = PredictConfig(**self.predict)
+        apply_compat(self)  # published L362-397 (LFC), L386 (>= 5 cells), L446, L503
+        if self.compat == "reference" and self.predict.compat != "reference":  # one compat per stage
+            self.predict = _with_compat(self.predict)
+        check(self.predict.compat == self.compat, f"predict compat {self.predict.compat!r} differs from the "
+                                                  f"validate compat {self.compat!r}: set compat on ValidateConfig")
         check(self.min_cells >= 1, "min_cells must be >= 1")
         check(self.scale > 0, "scale must be > 0")
         check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
@@ -77,3 +85,13 @@ class ValidateConfig:
         check(0 < self.fdr < 1, "fdr must be in (0, 1)")
         check(self.n_boot >= 1, "n_boot must be >= 1")
         check(self.chunk_size >= 1, "chunk_size must be >= 1")
+
+
+def _with_compat(cfg: PredictConfig) -> PredictConfig:
+    """``cfg`` under ``compat="reference"``: compat-dependent fields still at their own default
+    are left to the published value (a value the user changed still contradicts it)."""
+    data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if "compat" in f.metadata and data[f.name] == f.metadata["compat"][0]:
+            data[f.name] = None
+    return PredictConfig(**{**data, "compat": "reference"})
