@@ -260,7 +260,9 @@ def test_consensus_view_lists_the_edges_behind_each_pair(tmp_path):
 
     a = edges([(0, 1, "apoptosis", "GO:A", 1, 2, "mitosis", "GO:B", -1.2),
                (0, 1, "apoptosis", "GO:A", 1, 3, "unannotated", "", 0.8),
-               (0, 4, "mitosis", "GO:B", 1, 2, "mitosis", "GO:B", 0.7)])
+               (0, 4, "mitosis", "GO:B", 1, 2, "mitosis", "GO:B", 0.7),
+               (0, 6, "apoptosis", "GO:A", 1, 9, "mitosis", "GO:B", 2.5)])
+    a["edge"] = [True, True, True, False]  # a tested pair outside the trace's edge set: not shown
     b = edges([(0, 5, "apoptosis", "GO:A", 2, 7, "mitosis", "GO:B", 0.9)])
     tables = []
     for name, e in (("gf", a), ("sg", b)):
@@ -288,4 +290,5 @@ def test_consensus_view_lists_the_edges_behind_each_pair(tmp_path):
     behind = {run: [(F["layer"][E["s"][i]], F["id"][E["s"][i]], F["layer"][E["t"][i]], F["id"][E["t"][i]], E["d"][i])
                     for i in ix] for run, ix in pair["edges"].items()}
     assert behind == {"0": [(0, 1, 1, 2, -1.2)], "1": [(0, 5, 2, 7, 0.9)]}
+    assert len(E["s"]) == 4 and data["runs"][0]["n_edges"] == 3
     assert [data["terms"][F["label"][E["s"][i]]][0] for i in pair["edges"]["0"]] == ["GO:A"]  # labels from the edges
