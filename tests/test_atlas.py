@@ -211,6 +211,18 @@ def test_atlas_in_chromium_search_card_neighbour(atlas, tmp_path):
         strongest = mine.loc[mine.cohens_d.abs().idxmax()]
         other = ("target" if (strongest.source_layer, strongest.source_feature) == (layer, feat) else "source")
         assert (n_run, n_layer, n_feat) == (ri, strongest[f"{other}_layer"], strongest[f"{other}_feature"])
+        # sort an edge table by q with clicks on its header: descending, then ascending
+        table = b.evaluate("document.querySelector('table.edges').id")
+        for desc, mark in ((True, "\u25bc"), (False, "\u25b2")):
+            b.click_selector(f"#{table} th[data-col='4']")
+            b.wait_for(f"document.querySelector('#{table} th[data-col=\"4\"]').textContent.endsWith('{mark}')")
+            qs = b.evaluate(f"[...document.getElementById('{table}').tBodies[0].rows].map(r => +r.cells[4].textContent)")
+            assert len(qs) and qs == sorted(qs, reverse=desc)
+        # two hops show at least the one-hop neighbourhood
+        one = b.evaluate("window.atlas.cy.nodes().length")
+        b.evaluate("(() => { const s = document.getElementById('hops'); s.value = '2';"
+                   " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        assert b.wait_for("window.atlas.cy.nodes().length") >= one
         b.screenshot(tmp_path / "neighbour.png")
         assert b.console == []
         assert all(u.startswith("file:") or u.startswith("data:") for u in b.requests), b.requests
