@@ -213,6 +213,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
            "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed")}}
+    if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
+        key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -360,7 +362,7 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
 
     cells, fp = setup.cells, setup.fingerprint
     plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size,
-                     cfg.encode_chunk)
+                     cfg.encode_chunk, support_active=cfg.compat == "reference")
     engine = AblationEngine(setup.adapter, setup.saes, plan)
     i, n = cfg.shard_index, cfg.n_shards
     torch.manual_seed(0)
