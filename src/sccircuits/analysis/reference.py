@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..artifacts import UNANNOTATED
 from ..errors import InputError
 from ..rundir import RunDir
 from . import consensus as cons
@@ -33,7 +34,6 @@ from . import disease as dis
 from . import novel as nov
 from . import tissue as tis
 
-UNANNOTATED = "unannotated"
 
 
 def annotation_inputs(rd: RunDir) -> tuple[list[str], str | None]:

@@ -17,7 +17,8 @@ class AtlasConfig:
                                         "features, then the most frequent ones")
     top_genes: int = option(20, "top genes shown per feature")
     max_terms: int = option(10, "enriched terms shown per feature (lowest q first)")
-    capped: bool = option(False, "embed only the published top-N-capped edges (in_cap)")
+    capped: bool = option(False, "embed only the published top-N-capped edges (in_cap) instead of the trace's "
+                                 "edge set")
     cell_type_column: str | None = option(None, "obs column of the run's .h5ad with cell types (default: the "
                                                 "first of cell_type, celltype, cell_types, bulk_labels, "
                                                 "cell_ontology_class, annotation; '' turns it off)")
