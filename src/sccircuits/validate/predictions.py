@@ -80,7 +80,10 @@ def read_top_genes(run: str | os.PathLike, layers, top_n: int, annotated_only: b
     """
     parts = []
     for layer in sorted({int(x) for x in layers}):
-        cat = artifacts.read_catalog_columns(run, layer, ["feature", "top_genes"])
+        cat = artifacts.read_catalog_columns(run, layer, ["feature", "top_genes"]
+                                             + (["n_annotations"] if annotated_only else []))
+        if annotated_only:
+            cat = cat[cat["n_annotations"].to_numpy() > 0][["feature", "top_genes"]]
         long = cat.explode("top_genes").rename(columns={"top_genes": "gene"})
         long = long[long["gene"].notna()]
         long["gene"] = long["gene"].astype(str)
