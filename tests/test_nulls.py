@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sccircuits.analysis import coherence as coh
 from sccircuits.analysis import consensus as cons
 from sccircuits.analysis import disease as dis
 from sccircuits.stats import hypergeom_sf, stratified_hypergeom_sf
@@ -291,3 +292,72 @@ def test_stratified_hypergeom_matches_plain_with_one_stratum_and_simulation():
     rng = np.random.default_rng(0)
     x = rng.hypergeometric(5, 15, 6, 400_000) + rng.hypergeometric(8, 22, 4, 400_000)
     assert stratified_hypergeom_sf([[2, 2]], [[6, 4]], [[5, 8]], [[20, 30]])[0] == pytest.approx(np.mean(x >= 4), abs=0.003)
+
+
+# --- coherence ---------------------------------------------------------------------------------
+
+def _coherence_case(seed: int, n=60, n_persist=20, planted=False):
+    """Two layers of features whose top genes come from gene 'pathways' (a term = a pathway with at
+    least 3 of the feature's top genes). Layer-1 features 0..n_persist-1 continue layer-0 features
+    (8 of 10 top genes kept); layer-1 features n_persist.. are pathway partners of the layer-0
+    features with the same index (same main pathway, other genes). Edges: the continuations, plus
+    random non-continuation edges (no signal) or the partner edges (planted coherence)."""
+    rng = np.random.default_rng(seed)
+    n_path, size = 30, 20
+    genes = np.arange(n_path * size).reshape(n_path, size)
+
+    def feature(main, exclude=()):
+        pool = np.setdiff1d(genes[main], exclude)
+        second = rng.choice(np.setdiff1d(np.arange(n_path), [main]))
+        extra = rng.integers(0, 5)
+        return np.r_[rng.choice(pool, 10 - extra, replace=False), rng.choice(genes[second], extra, replace=False)]
+
+    main = rng.integers(0, n_path, n)
+    top0 = [feature(m) for m in main]
+    top1 = [np.r_[t[:8], rng.choice(np.setdiff1d(genes.ravel(), t), 2, replace=False)] if i < n_persist
+            else feature(main[i], exclude=top0[i]) for i, t in enumerate(top0)]
+
+    def terms(t):
+        counts = np.bincount(t // size, minlength=n_path)
+        return frozenset(f"P{p}" for p in np.flatnonzero(counts >= 3))
+
+    ts = {0: {i: terms(t) for i, t in enumerate(top0)}, 1: {i: terms(t) for i, t in enumerate(top1)}}
+    tg = {0: {i: frozenset(map(str, t)) for i, t in enumerate(top0)},
+          1: {i: frozenset(map(str, t)) for i, t in enumerate(top1)}}
+    pairs = [(i, i) for i in range(n_persist)]
+    if planted:
+        pairs += [(i, i) for i in range(n_persist, n)]
+    else:
+        pairs += [(int(a), int(b)) for a, b in zip(rng.integers(0, n, n - n_persist), rng.integers(n_persist, n, n - n_persist))]
+    edges = pd.DataFrame({"source_layer": 0, "source_feature": [a for a, _ in pairs], "target_layer": 1,
+                          "target_feature": [b for _, b in pairs]})
+    return edges, ts, tg
+
+
+def _coherence_pvalues(planted: bool):
+    old, new = [], []
+    for seed in range(REPEATS):
+        edges, ts, tg = _coherence_case(seed, planted=planted)
+        old.append(coh.coherence_test(edges, ts, n_perm=99, seed=seed)[0]["p_value"])
+        new.append(coh.coherence_with_persistence_control(edges, ts, tg, n_perm=99, seed=seed)[0]["p_value"])
+    return old, new
+
+
+def test_coherence_from_feature_persistence_fools_the_stratified_null_only():
+    old, new = _coherence_pvalues(planted=False)
+    assert _rate(old) >= 0.9
+    assert _rate(new) <= 0.05
+
+
+def test_coherence_planted_between_distinct_features_is_detected():
+    _, new = _coherence_pvalues(planted=True)
+    assert _rate(new) >= 0.95
+
+
+def test_persistence_mask_uses_the_top_gene_overlap_coefficient():
+    edges = pd.DataFrame({"source_layer": [0, 0, 0], "source_feature": [0, 0, 1], "target_layer": [1, 1, 1],
+                          "target_feature": [0, 1, 2]})
+    tg = {0: {0: frozenset("abcd"), 1: frozenset("xy")}, 1: {0: frozenset("abcz"), 1: frozenset("az")}}
+    ov = coh.top_gene_overlap(edges, tg)
+    assert ov[0] == pytest.approx(3 / 4) and ov[1] == pytest.approx(1 / 2) and np.isnan(ov[2])
+    assert coh.persistence_mask(edges, tg, 0.6).tolist() == [True, False, False]
