@@ -61,7 +61,10 @@ class ValidateConfig:
     background: str | None = compat_option("screen", "screen", "Fisher background: 'screen' (all measured genes) or "
                                                                "'predicted' (measured genes predicted as a target of any source)")
     fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
-    n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
+    expression_bins: int | None = compat_option(10, 1, "Fisher test stratified by control expression in this many "
+                                                       "quantile bins of the background genes (1: unstratified Fisher)")
+    n_perm: int = option(1000, "draws of the within-knockdown and within-target permutation baselines")
+    n_boot: int = option(1000, "two-way bootstrap draws (knocked-down genes x target genes resampled)")
     seed: int = option(0, "bootstrap seed")
     chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
     predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
@@ -83,6 +86,8 @@ class ValidateConfig:
         check(self.min_abs_lfc >= 0 and self.responsive_lfc >= 0, "LFC thresholds must be >= 0")
         check(self.background in ("screen", "predicted"), "background must be 'screen' or 'predicted'")
         check(0 < self.fdr < 1, "fdr must be in (0, 1)")
+        check(self.expression_bins >= 1, "expression_bins must be >= 1")
+        check(self.n_perm >= 1, "n_perm must be >= 1")
         check(self.n_boot >= 1, "n_boot must be >= 1")
         check(self.chunk_size >= 1, "chunk_size must be >= 1")
 
