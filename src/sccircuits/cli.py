@@ -145,14 +145,14 @@ def _predict_cfg(top_genes: int, uncapped: bool, min_edges: int, min_max_abs_d: 
     from .validate import PredictConfig
 
     s = lambda p: None if p is None else str(p)  # noqa: E731
-    return PredictConfig(top_genes=top_genes, edges="uncapped" if uncapped else "capped", min_edges=min_edges,
+    return PredictConfig(top_genes=top_genes, edges="uncapped" if uncapped else "edges", min_edges=min_edges,
                          min_max_abs_d=min_max_abs_d, string_pairs=s(string_pairs), trrust=s(trrust),
                          go_gmt=s(go_gmt), consensus_pairs=s(consensus_pairs), novel_pairs=s(novel_pairs))
 
 
 _PRED_OPTS = dict(
     top_genes=typer.Option(10, "--top-genes", help="top genes per feature on each side of an edge"),
-    uncapped=typer.Option(False, "--uncapped", help="use every edge, not only the published top-N cap"),
+    uncapped=typer.Option(False, "--uncapped", help="use the published rule's edges without its top-N cap instead of the trace's edge set (column 'edge')"),
     min_edges=typer.Option(2, "--min-edges", help="keep pairs seen in at least this many edges ..."),
     min_max_abs_d=typer.Option(2.0, "--min-max-abs-d", help="... or whose largest |d| exceeds this"),
     string_pairs=typer.Option(None, "--string-pairs", help="STRING gene pairs TSV (status: confirmed)"),
@@ -487,8 +487,13 @@ def trace_cmd(
     min_cells: int = typer.Option(3, "--min-cells", help="minimum cells per test"),
     max_q: Optional[float] = typer.Option(None, "--max-q", help="also require BH q <= this"),
     top_per_layer: int = typer.Option(50, "--top-per-layer", help="published cap per (source feature, target layer); 0 = uncapped"),
-    null_ablation: bool = typer.Option(True, "--null-ablation/--no-null-ablation", help="random-direction noise floor"),
-    null_seed: int = typer.Option(0, "--null-seed", help="seed of the null directions"),
+    criterion: str = typer.Option("null", "--criterion", help="edge set used downstream: null (calibrated null p + BH, floor, nonzero consistency) or published"),
+    fdr: float = typer.Option(0.05, "--fdr", help="criterion null: BH level of the null p-values"),
+    min_rel_change: float = typer.Option(0.05, "--min-rel-change", help="criterion null: |change beyond the null| / target's clean activation >= this"),
+    null_ablation: bool = typer.Option(True, "--null-ablation/--no-null-ablation", help="run the data-matched null ablations (needed by --criterion null)"),
+    null_draws: int = typer.Option(16, "--null-draws", help="null pseudo-sources per source layer (<= --null-budget x traced features)"),
+    null_budget: float = typer.Option(0.5, "--null-budget", help="null ablations at most this fraction of the real ones (expected)"),
+    null_seed: int = typer.Option(0, "--null-seed", help="seed of the null templates and directions"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="value of the 'model' column"),
     executor: str = typer.Option("local", "--executor", help="local, or ray (distributed; pip install 'sccircuits[ray]')"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
@@ -506,7 +511,8 @@ def trace_cmd(
                       checkpoint_every=checkpoint_every, shard=shard, compat=compat, d_threshold=d_threshold,
                       consistency_threshold=consistency_threshold, consistency_kind=consistency_kind,
                       min_cells=min_cells, max_q=max_q, top_per_layer=top_per_layer, null_ablation=null_ablation,
-                      null_seed=null_seed, model_name=model_name)
+                      null_seed=null_seed, model_name=model_name, criterion=criterion, fdr=fdr,
+                      min_rel_change=min_rel_change, null_draws=null_draws, null_budget=null_budget)
     res = run_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg,
                     executor=executor, address=address, num_workers=num_workers, plan=plan)
     if plan:
@@ -517,8 +523,15 @@ def trace_cmd(
         print(f"shard {shard} done ({len(m['blocks'])} blocks) in {res.out / 'trace'}; "
               "run `sccircuits merge` when all shards finished")
     else:
-        print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) from {m['ablations']} ablations "
-              f"over {m['n_cells']} cells -> {res.out / 'trace' / 'edges.parquet'}")
+        print(f"{_edge_summary(m)} from {m['ablations']} ablations (+{m['null_ablations']} null) over "
+              f"{m['n_cells']} cells -> {res.out / 'trace' / 'edges.parquet'}")
+
+
+def _edge_summary(m: dict) -> str:
+    fdr = m.get("estimated_fdr")
+    return (f"{m['n_edges']} edges (criterion {m['criterion']}, estimated FDR "
+            f"{'n/a' if fdr is None else f'{fdr:.1%}'}; published rule {m['n_edges_published']}, "
+            f"{m['n_edges_in_cap']} in its cap)")
 
 
 @app.command("merge")
@@ -531,7 +544,7 @@ def merge_cmd(
 
     res = merge(shards, out=out)
     m = res.metrics
-    print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
+    print(f"{_edge_summary(m)} -> {res.out / 'trace' / 'edges.parquet'}")
 
 
 # --- scale-out: dtype check (issue 10; sccircuits.plan) ---

@@ -8,13 +8,26 @@ from ..config import check, option
 from ..errors import ConfigError
 
 SELECTIONS = ("richness", "frequency", "random")
+CRITERIA = ("null", "published")
 
 
 @dataclass
 class TraceConfig:
     """Options of ``sccircuits trace``. ``compat="reference"`` reproduces the published
     algorithm: it forces reference tokenization, fp32, the published thresholds, cap and
-    consistency definition, and a minimum of 2 cells per test."""
+    consistency definition, a minimum of 2 cells per test, and the published edge set
+    (``criterion="published"``: the capped ``in_cap`` edges).
+
+    Two edge criteria are always computed (columns of edges.parquet); ``criterion`` picks the
+    one downstream stages read (column ``edge``):
+
+    * ``null`` (default): empirical p against a data-matched null ablation with a per-target
+      null, BH across the run (``fdr``), a magnitude floor relative to the target's clean
+      activation (``min_rel_change``), the sign-symmetric (nonzero) consistency, at least
+      ``min_cells`` informative cells, no cap (docs/planted-circuits.md);
+    * ``published``: |d| > ``d_threshold``, consistency (``consistency_kind``) >
+      ``consistency_threshold``, then the top ``top_per_layer`` per (source feature, target layer).
+    """
 
     source_layers: list[int] | None = option(None, "source layers to ablate (default: every SAE layer with a later SAE)")
     n_features: int = option(30, "source features per layer chosen by --selection")
@@ -42,8 +55,13 @@ class TraceConfig:
     min_cells: int = option(3, "minimum cells where the source fires for a test")
     max_q: float | None = option(None, "also require BH q <= this (default: no q filter)")
     top_per_layer: int = option(50, "published cap: top N edges by |d| per (source feature, target layer); 0 = uncapped")
-    null_ablation: bool = option(True, "also ablate a random direction of equal norm (noise floor)")
-    null_seed: int = option(0, "seed of the null directions")
+    criterion: str = option("null", "edge set downstream stages use: null (calibrated: null p-value + BH, magnitude floor, nonzero consistency) or published (|d|, consistency, cap)")
+    fdr: float = option(0.05, "criterion null: BH level of the null p-values over every test of the run")
+    min_rel_change: float = option(0.05, "criterion null: |mean change beyond the null| / the target's mean clean activation must be >= this")
+    null_ablation: bool = option(True, "also run the null ablations (data-matched directions, norm-matched per position); needed by criterion null")
+    null_draws: int = option(16, "null pseudo-sources per source layer (at most --null-budget x the traced features of the layer)")
+    null_budget: float = option(0.5, "null ablations at most this fraction of the real ones (expected), so the trace costs <= 1 + this in forward passes")
+    null_seed: int = option(0, "seed of the null templates and directions")
     model_name: str | None = option(None, "value of the 'model' column (default: the model kind)")
 
     def __post_init__(self) -> None:
@@ -53,6 +71,7 @@ class TraceConfig:
             self.dtype = "float32"
             self.d_threshold, self.consistency_threshold, self.consistency_kind = 0.5, 0.7, "reference"
             self.top_per_layer, self.min_cells, self.max_q = 50, 2, None
+            self.criterion = "published"
         check(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         check(self.tokenization in ("official", "reference"), f"tokenization must be official or reference, got {self.tokenization!r}")
         check(self.dtype in ("float32", "bfloat16", "float16"), f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
@@ -68,6 +87,13 @@ class TraceConfig:
         check(self.d_threshold >= 0, "d_threshold must be >= 0")
         check(self.max_q is None or 0 < self.max_q <= 1, "max_q must be in (0, 1]")
         check(not (self.features and self.all_active), "give either features or all_active, not both")
+        check(self.criterion in CRITERIA, f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        check(0 < self.fdr < 1, "fdr must be in (0, 1)")
+        check(self.min_rel_change >= 0, "min_rel_change must be >= 0")
+        check(self.null_draws >= 3, "null_draws must be >= 3 (the per-target null needs a spread)")
+        check(0 < self.null_budget <= 1, "null_budget must be in (0, 1]")
+        check(self.null_ablation or self.criterion != "null",
+              "criterion 'null' needs the null ablations: drop --no-null-ablation or use --criterion published")
         if self.source_layers is not None:
             self.source_layers = sorted({int(x) for x in self.source_layers})
         _parse_shard(self.shard)  # validates the shard string

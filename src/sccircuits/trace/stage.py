@@ -33,7 +33,7 @@ from ..errors import ConfigError, InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
 from .accumulators import Accumulators
 from .config import TraceConfig, parse_feature_spec
-from .edges import Thresholds, build_tables
+from .edges import EDGE_COLUMN, Thresholds, build_tables, d_distribution, estimated_fdr
 
 STAGE = "trace"
 META = "trace_meta.json"
@@ -194,7 +194,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
            "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(),
            "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
-                                            "checkpoint_every", "null_ablation", "null_seed")}}
+                                            "checkpoint_every", "null_ablation", "null_seed", "null_draws",
+                                            "null_budget")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -239,6 +240,22 @@ class TraceSetup:
     def kinds(self) -> tuple[str, ...]:
         return ("real", "null") if self.cfg.null_ablation else ("real",)
 
+    def plan(self):
+        """The engine's :class:`~sccircuits.trace.engine.TracePlan` of this trace."""
+        from .engine import TracePlan
+
+        return trace_plan(self.cfg, self.features, self.targets)
+
+
+def trace_plan(cfg: TraceConfig, features: dict, targets: dict, **overrides):
+    """The :class:`~sccircuits.trace.engine.TracePlan` of a configuration (one place for every
+    caller: the stage, the planner, the Ray executor)."""
+    from .engine import TracePlan
+
+    opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
+                encode_chunk=cfg.encode_chunk, null_draws=cfg.null_draws, null_budget=cfg.null_budget)
+    return TracePlan(features, targets, **{**opts, **overrides})
+
 
 def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
                   config: TraceConfig | None = None, progress: bool = True, **options) -> TraceSetup:
@@ -280,7 +297,7 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     import torch
     from tqdm.auto import tqdm
 
-    from .engine import AblationEngine, TracePlan
+    from .engine import AblationEngine
 
     cfg = config if config is not None else TraceConfig(**options)
     t_start = time.time()
@@ -306,8 +323,11 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     if done is not None:  # same trace already computed: only the thresholds may differ
         return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
 
-    plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
-    engine = AblationEngine(adapter, all_saes, plan)
+    engine = AblationEngine(adapter, all_saes, trace_plan(cfg, features, targets))
+    few = {s: engine.n_null(s) for s in features if cfg.null_ablation and engine.n_null(s) < 3}
+    if few:
+        warnings.warn(f"null draws per source layer {few} (< 3): the null criterion cannot test these layers' "
+                      "edges; trace more features (--n-features) or raise --null-budget", stacklevel=2)
     todo = [b for b in blocks if not block_path(trace_dir, b).is_file()]
     for b in blocks:
         if b not in todo:
@@ -398,11 +418,14 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         from ..annotate import load_annotation
 
         catalogs, _ = load_annotation(meta["annotation"])
-    edges, features, null = build_tables(total, Thresholds.from_config(cfg), meta["model_name"], catalogs)
+    th = Thresholds.from_config(cfg)
+    edges, features, null = build_tables(total, th, meta["model_name"], catalogs)
     td = rd.path / STAGE
     total.save(td / "accumulators.npz", fingerprint=np.asarray(meta["fingerprint"]))
-    for name, df in (("edges", edges), ("features", features), ("null", null)):
+    for name, df in (("edges", edges), ("features", features), ("null", null),
+                     ("d_distribution", d_distribution(total, th))):
         atomic_write_parquet(td / f"{name}.parquet", df)
+    fdr = estimated_fdr(null)
     c = total.counters
     compute_s = c.get("compute_ms", 0) / 1000
     metrics = {
@@ -410,14 +433,24 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "source_features": meta["features"], "features_never_fired": {str(s): f for s, f in never.items()},
         "clean_forward_passes": c.get("clean_forward_passes", 0),
         "ablation_forward_passes": c.get("ablation_forward_passes", 0),
+        "forward_passes": c.get("clean_forward_passes", 0) + c.get("ablation_forward_passes", 0),
+        "forward_passes_null_free": c.get("clean_forward_passes", 0) + c.get("null_free_ablation_forward_passes", 0),
+        "null_draws": {str(s): f.tolist() for s, f in total.null_features.items()},
         "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
         "ablated_sequences": c.get("ablated_sequences", 0),
         "compute_s": round(compute_s, 3), "wall_s": round(time.time() - t_start, 3),
         "ablations_per_s": round(c.get("ablations", 0) / compute_s, 3) if compute_s > 0 else None,
         "n_tests": int(sum(features["n_tests"])) if len(features) else 0,
-        "n_edges": int(len(edges)), "n_edges_in_cap": int(edges["in_cap"].sum()) if len(edges) else 0,
+        "criterion": cfg.criterion, "n_edges": int(edges[EDGE_COLUMN].sum()),
+        "n_edges_published": int(edges["passes_published"].sum()), "n_edges_in_cap": int(edges["in_cap"].sum()),
+        "n_edges_null_criterion": int(edges["passes_null"].sum()),
+        "estimated_fdr": fdr["null" if cfg.criterion == "null" else "published"],
+        "estimated_fdr_published": fdr["published"], "estimated_fdr_null": fdr["null"],
     }
-    outputs = [f"{STAGE}/{x}" for x in ("edges.parquet", "features.parquet", "null.parquet", "accumulators.npz")]
+    if metrics["forward_passes_null_free"]:
+        metrics["forward_pass_ratio"] = round(metrics["forward_passes"] / metrics["forward_passes_null_free"], 4)
+    outputs = [f"{STAGE}/{x}" for x in ("edges.parquet", "features.parquet", "null.parquet", "d_distribution.parquet",
+                                        "accumulators.npz")]
     rd.complete_stage(STAGE, outputs, metrics)
     if cleanup:
         shutil.rmtree(td / "blocks", ignore_errors=True)
