@@ -23,9 +23,10 @@ is the column :data:`EDGE_COLUMN` that every downstream stage reads:
 * null (default; docs/planted-circuits.md): the effect per unit ablation norm
   ``r = mean_delta / size`` is compared with the same quantity of the layer's null draws *for
   the same target*: ``null_z = (r - m_g) / s_g`` (location m_g and spread s_g of the K null
-  draws, spread shrunk towards the layer pair's median); ``p_null`` is its two-sided empirical
-  p against the leave-one-out z of every null draw of the run, ``q_null`` BH over every test of
-  the run. An edge has q_null <= fdr, ``rel_change`` = |mean_delta - m_g size| / (the target's
+  draws, spread shrunk towards the layer pair's median); ``p_null`` is its two-sided p against
+  the empirical null of the run: the leave-one-out z of every null draw, summarised as a
+  t distribution widened to cover the draws' own quantiles (:func:`null_scale`; a pure rank p
+  from a few hundred draws could not reach BH thresholds); ``q_null`` BH over every test of the run. An edge has q_null <= fdr, ``rel_change`` = |mean_delta - m_g size| / (the target's
   mean clean activation at the averaged positions) >= min_rel_change, nonzero consistency >
   consistency_threshold, at least min_cells cells with a nonzero change, and the change beyond
   the null has the sign of the mean change. No cap.
@@ -42,6 +43,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from scipy import stats as _st
+
 from ..stats import bh_fdr, paired_d, paired_t_p
 from .accumulators import Accumulators, PairStats
 
@@ -58,6 +61,10 @@ EDGE_COLUMNS = ["model", "source_layer", "source_feature", "source_label", "sour
 NULL_PRIOR_DF = 4.0
 """Weight (degrees of freedom) of the layer pair's median null variance in each target's
 null spread (shrinkage: with K draws a target's own spread has K - 1)."""
+
+SCALE_FLOOR = 0.1
+"""Smallest target scale of the magnitude floor, as a fraction of the median target's clean
+activation in the layer pair."""
 
 NULL_COLUMNS = ["source_layer", "target_layer", "n_tests", "n_null_draws", "n_null_tests", "abs_d_q95",
                 "abs_d_q99", "abs_d_max", "n_null_passing", "frac_null_passing", "n_real_passing",
@@ -170,25 +177,35 @@ def null_z(real: PairStats, null: PairStats, min_cells: int) -> tuple[np.ndarray
     return z, nan, m, size
 
 
-def empirical_p(z: np.ndarray, null_abs: np.ndarray) -> np.ndarray:
-    """Two-sided empirical p (1 + #{|z_null| >= |z|}) / (1 + N) against sorted ``null_abs``."""
+def null_scale(null_abs: np.ndarray, df: float) -> float:
+    """Scale c >= 1 of the empirical null: the largest ratio, at the 50th, 75th and 90th
+    percentiles, of the null draws' |z| to the |t_df| distribution (so p never undercuts what
+    the null draws themselves show)."""
+    if null_abs.size < 10:
+        return np.nan
+    qs = np.array([0.5, 0.75, 0.9])
+    return float(max(1.0, np.max(np.quantile(null_abs, qs) / _st.t.ppf((1 + qs) / 2, df))))
+
+
+def null_p(z: np.ndarray, scale: float, df: float) -> np.ndarray:
+    """Two-sided p of z against the empirical null ``scale * t_df`` (NaN where z is NaN)."""
     z = np.asarray(z, np.float64)
-    out = np.full(z.shape, np.nan)
-    ok = np.isfinite(z)
-    if null_abs.size:
-        k = null_abs.size - np.searchsorted(null_abs, np.abs(z[ok]), side="left")
-        out[ok] = (1 + k) / (1 + null_abs.size)
-    return out
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(z), 2 * _st.t.sf(np.abs(z) / scale, df), np.nan)
 
 
 def _rel_change(effect: np.ndarray, ps: PairStats) -> np.ndarray:
-    """|effect| / the target's mean clean activation at the averaged positions (where that is
-    zero: the target's mean over every test of the block; inf where the target never fired)."""
+    """|effect| / the target's clean activation: its mean at the averaged positions, but never
+    less than its mean over every test of the block, nor than :data:`SCALE_FLOOR` x the median
+    of those means over the block's targets (a target nearly off where the source fires, or
+    almost everywhere, would turn a negligible change into a large ratio); inf where no target
+    of the block ever fired."""
     n = ps.n.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         clean = ps.clean / n[:, None]
         pooled = ps.clean.sum(0) / max(n.sum(), 1.0)
-        denom = np.where(clean > 0, clean, pooled[None, :])
+        floor = SCALE_FLOOR * float(np.median(pooled)) if pooled.size else 0.0
+        denom = np.maximum(np.maximum(np.nan_to_num(clean, nan=0.0), pooled[None, :]), floor)
         return np.where(denom > 0, np.abs(effect) / denom, np.where(effect != 0, np.inf, 0.0))
 
 
@@ -210,6 +227,7 @@ class _Block:
     z: np.ndarray | None = None
     p_null: np.ndarray | None = None
     q_null: np.ndarray | None = None
+    null_p: np.ndarray | None = None
     effect: np.ndarray | None = None
     rel: np.ndarray | None = None
     null_st: dict | None = None
@@ -244,15 +262,25 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         b.null_effect = null.mean - m[None, :] * nsize[:, None]
         b.null_rel = _rel_change(b.null_effect, null)
         b.z = np.where(b.st["valid"], b.z, np.nan)
-    null_abs = np.sort(np.concatenate([np.abs(b.null_z[np.isfinite(b.null_z)]) for b in blocks.values()]))
+    null_abs = np.concatenate([np.abs(b.null_z[np.isfinite(b.null_z)]) for b in blocks.values()])
+    df = _null_df(acc)
+    scale = null_scale(null_abs, df)
     for b in blocks.values():
-        b.p_null = empirical_p(b.z, null_abs)
+        b.p_null = null_p(b.z, scale, df)
+        b.null_p = null_p(b.null_z, scale, df)
     flat = np.concatenate([b.p_null.ravel() for b in blocks.values()])
     q = bh_fdr(flat)
     _split(blocks, q, "q_null")
     with np.errstate(invalid="ignore"):
         rejected = flat[np.nan_to_num(q, nan=2.0) <= th.fdr]
     return blocks, float(rejected.max()) if rejected.size else 0.0
+
+
+def _null_df(acc: Accumulators) -> float:
+    """Degrees of freedom of the leave-one-out null z: (K - 2) of the other draws plus the prior's,
+    with K the smallest number of null draws of a source layer."""
+    ks = [len(f) for f in acc.null_features.values() if len(f) >= 3]
+    return float(min(ks) - 2 + NULL_PRIOR_DF) if ks else np.nan
 
 
 def _split(blocks: dict, flat: np.ndarray, name: str) -> None:
@@ -288,10 +316,8 @@ def null_floor(acc: Accumulators, th: Thresholds, blocks: dict | None = None, p_
                "n_real_passing": int(b.published.sum()), "expected_false_published": passing * ratio,
                "n_null_passing_null": 0, "n_real_passing_null": 0, "expected_false_null": np.nan}
         if b.z is not None:
-            p_null_draws = empirical_p(b.null_z, np.sort(np.abs(np.concatenate([x.null_z[np.isfinite(x.null_z)]
-                                                                                  for x in blocks.values()]))))
             nst = dict(nst, valid=nst["valid"] & np.isfinite(b.null_z))
-            n_np = int(_passes_null_rule(nst, b.null_effect, b.null_rel, p_null_draws, p_cut, th).sum())
+            n_np = int(_passes_null_rule(nst, b.null_effect, b.null_rel, b.null_p, p_cut, th).sum())
             real_np = int(_passes_null_rule(b.st, b.effect, b.rel, b.p_null, p_cut, th).sum())
             row.update(n_null_passing_null=n_np, n_real_passing_null=real_np, expected_false_null=n_np * ratio)
         rows.append(row)

@@ -10,8 +10,11 @@ order. Hence:
 * ``shard i/n``: a shard computes a contiguous range of blocks and stops; ``merge`` folds the
   blocks of all shards in block order, which is bit-for-bit what a single run does.
 
-Outputs in ``OUT/trace/``: ``edges.parquet``, ``features.parquet``, ``null.parquet``,
-``accumulators.npz`` (the merged statistics), and the manifest stage ``trace``.
+Outputs in ``OUT/trace/``: ``edges.parquet`` (column ``edge``: the configured criterion's
+edges, read by every later stage), ``features.parquet``, ``null.parquet`` (real vs null passes
+per layer pair), ``d_distribution.parquet`` (|d| histograms, real and null),
+``accumulators.npz`` (the merged statistics), and the manifest stage ``trace`` (forward passes
+with and without the null, estimated FDR of both criteria).
 """
 
 from __future__ import annotations
