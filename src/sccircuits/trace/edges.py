@@ -348,12 +348,17 @@ def d_distribution(acc: Accumulators, th: Thresholds, bins: np.ndarray | None = 
     return pd.DataFrame(rows, columns=["kind", "abs_d_lo", "abs_d_hi", "count"])
 
 
-def _label_maps(catalogs: dict[int, pd.DataFrame] | None) -> dict[int, tuple[dict, dict]]:
+def _label_maps(catalogs: dict[int, pd.DataFrame] | None, prefix: str = "label") -> dict[int, tuple[dict, dict]]:
+    """Per layer (feature -> label name, feature -> label id) from the catalog columns
+    ``{prefix}_name`` / ``{prefix}_id``, else ``label_name`` / ``label_id``. Sources use prefix
+    ``source_label``: catalogs annotated with ``--compat reference`` carry the published
+    source-label rule there (:func:`sccircuits.annotate.labels.first_listed_labels`)."""
     out = {}
     for layer, cat in (catalogs or {}).items():
         feats = cat["feature"].to_numpy()
-        name = cat["label_name"] if "label_name" in cat else pd.Series(["unannotated"] * len(cat))
-        lid = cat["label_id"] if "label_id" in cat else pd.Series([""] * len(cat))
+        p = prefix if f"{prefix}_name" in cat else "label"
+        name = cat[f"{p}_name"] if f"{p}_name" in cat else pd.Series(["unannotated"] * len(cat))
+        lid = cat[f"{p}_id"] if f"{p}_id" in cat else pd.Series([""] * len(cat))
         out[int(layer)] = (dict(zip(feats.tolist(), name.fillna("unannotated").astype(str))),
                            dict(zip(feats.tolist(), lid.fillna("").astype(str))))
     return out
@@ -374,7 +379,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
                                "(trace with the null ablation, or use --criterion published)")
     null = null_floor(acc, th, blocks, p_cut)
     floor = {(r.source_layer, r.target_layer): r.abs_d_q99 for r in null.itertuples()}
-    maps = _label_maps(catalogs)
+    maps, src_maps = _label_maps(catalogs), _label_maps(catalogs, "source_label")
     nan = lambda b, x: np.full(b.st["d"].shape, np.nan) if x is None else x  # noqa: E731
 
     edge_parts, feat_rows = [], []
@@ -397,7 +402,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
         rank[order] = np.arange(len(order)) - seg_start
         in_cap[pub] = rank < th.top_per_layer if th.top_per_layer > 0 else True
         passes_null = null_ok[slot, g]
-        src_names, src_ids = _labels(maps, s, feats[slot])
+        src_names, src_ids = _labels(src_maps, s, feats[slot])
         tgt_names, tgt_ids = _labels(maps, t, g)
         fl = floor.get((s, t), np.nan)
         edge_parts.append(pd.DataFrame({
@@ -413,7 +418,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
             "passes_published": pub, "in_cap": in_cap, "passes_null": passes_null,
             "above_noise_floor": np.abs(d) > fl if np.isfinite(fl) else np.zeros(len(d), bool),
             EDGE_COLUMN: passes_null if th.criterion == "null" else in_cap}))
-        names, ids = _labels(maps, s, feats)
+        names, ids = _labels(src_maps, s, feats)
         chosen = passes_null if th.criterion == "null" else in_cap
         cs = slot[chosen]
         n_edges = np.bincount(cs, minlength=len(feats))

@@ -19,6 +19,12 @@ How it computes it, without changing the result:
 * ablated states are encoded only at the positions that are averaged; per-row means are
   scatter-adds (no Python loop over positions).
 
+"Fires" means z > 0 by default. With ``support_active`` (``--compat reference``) it means "in
+the SAE's top-k support", as in the published tracer, even where the ReLU'd value is 0: such a
+position adds nothing to the ablation but counts as active (the cell is observed, the position
+enters the mean), and a cell whose only active positions have z = 0 gets an exact zero
+observation (the published ablated pass equals its clean pass there).
+
 Optionally a *null* runs beside the real ablations (:func:`null_templates`,
 :meth:`AblationEngine._null_directions`): per source layer, ``K`` null pseudo-sources. Null
 ``k`` borrows the activation pattern of one traced *template* feature (its positions and per
@@ -50,6 +56,7 @@ class TracePlan:
     null_seed: int = 0
     batch_size: int = 16
     encode_chunk: int = 8192
+    support_active: bool = False
     null_draws: int = 16
     null_budget: float = 0.5
     null_features: dict[int, np.ndarray] | None = None
@@ -167,6 +174,16 @@ class AblationEngine:
         parts = [self._encode(layer, x[i:i + chunk])[:, cols] for i in range(0, len(x), chunk)]
         return torch.cat(parts) if parts else x.new_zeros((0, len(cols)), dtype=torch.float32)
 
+    def _support_columns(self, layer: int, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(n, len(cols)) bool: is each column in the top-k support of the SAE code of x."""
+        sae, chunk = self.saes[layer], self.plan.encode_chunk
+        parts = []
+        for i in range(0, len(x), chunk):
+            _, idx = sae.encode_topk(x[i:i + chunk].to(torch.float32))
+            support = torch.zeros(len(idx), int(sae.d_sae), dtype=torch.bool, device=idx.device)
+            parts.append(support.scatter_(1, idx, True)[:, cols])
+        return torch.cat(parts) if parts else torch.zeros(0, len(cols), dtype=torch.bool, device=x.device)
+
     # -- one block of cells ---------------------------------------------------------------
     @torch.inference_mode()
     def run_cells(self, cells: TokenizedCells, idx: list[int], progress=None) -> Accumulators:
@@ -193,8 +210,9 @@ class AblationEngine:
         gm = batch.gene_mask.to(dev)
         B, L = gm.shape
 
-        # source codes of the traced features (then the null templates) at gene positions: (B, L, F_s + K_s)
-        zsel = {}
+        # source codes of the traced features (then the null templates) at gene positions: (B, L, F_s + K_s),
+        # and where they fire
+        zsel, fires = {}, {}
         for s, feats in plan.features.items():
             cols = torch.as_tensor(feats, dtype=torch.long, device=dev)
             if s in self.nulls:
@@ -202,7 +220,12 @@ class AblationEngine:
             z = torch.zeros(B, L, len(cols), dtype=torch.float32, device=dev)
             z[gm] = self._encode_columns(s, clean[s][gm], cols)
             zsel[s] = z
-            acc.active[s] += (z[..., :len(feats)] > 0).any(1).sum(0).cpu().numpy().astype(np.int64)
+            if plan.support_active:
+                fires[s] = torch.zeros(B, L, len(cols), dtype=torch.bool, device=dev)
+                fires[s][gm] = self._support_columns(s, clean[s][gm], cols)
+            else:
+                fires[s] = z > 0
+            acc.active[s] += fires[s][..., :len(feats)].any(1).sum(0).cpu().numpy().astype(np.int64)
 
         # clean downstream codes, once per cell, only where some traced source feature fires
         codes, pos_index = {}, {}
@@ -210,14 +233,14 @@ class AblationEngine:
             need = torch.zeros(B, L, dtype=torch.bool, device=dev)
             for s, ts in plan.targets.items():
                 if t in ts:
-                    need |= (zsel[s] > 0).any(-1)
+                    need |= fires[s].any(-1)
             index = torch.full((B, L), -1, dtype=torch.long, device=dev)
             index[need] = torch.arange(int(need.sum()), device=dev)
             codes[t] = _SparseCodes(self._encode(t, clean[t][need]))
             pos_index[t] = index
 
         for s in sorted(plan.features):
-            self._ablate_layer(s, batch, clean[s], zsel[s], codes, pos_index, acc)
+            self._ablate_layer(s, batch, clean[s], zsel[s], fires[s], codes, pos_index, acc)
 
     def _null_deltas(self, s: int, batch: TokenBatch, h_s: torch.Tensor, rows: torch.Tensor, draws: torch.Tensor,
                      zf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,11 +265,11 @@ class AblationEngine:
         delta = null["unit"][pick] * (zf[job, pos] * null["norms"][draws[job]])[:, None]
         return job, pos, delta
 
-    def _ablate_layer(self, s: int, batch: TokenBatch, h_s: torch.Tensor, zs: torch.Tensor,
+    def _ablate_layer(self, s: int, batch: TokenBatch, h_s: torch.Tensor, zs: torch.Tensor, fs: torch.Tensor,
                       codes: dict, pos_index: dict, acc: Accumulators) -> None:
         plan = self.plan
         F, K = len(plan.features[s]), self.n_null(s)
-        fired = (zs > 0).any(1)  # (B, F + K)
+        fired = fs.any(1)  # (B, F + K)
         rows, slots = torch.nonzero(fired[:, :F], as_tuple=True)  # real jobs in (row, slot) order
         n_rows, draws = torch.nonzero(fired[:, F:], as_tuple=True)  # null jobs in (row, draw) order
         n_jobs, n_null = len(rows), len(n_rows)
@@ -283,9 +306,10 @@ class AblationEngine:
                                        layers=plan.targets[s])
             acc.counters["ablation_forward_passes"] = acc.counters.get("ablation_forward_passes", 0) + 1
             acc.counters["ablated_sequences"] = acc.counters.get("ablated_sequences", 0) + len(r)
-            fired_pos = zf > 0
+            fired_pos = fs[r, :Lc, col]
             job_of, pos = torch.nonzero(fired_pos, as_tuple=True)
             counts = fired_pos.sum(1).to(torch.float64)
+            unchanged = (~(zf != 0).any(1)).cpu().numpy()  # support-only jobs: nothing ablated, exact zero observation
             # perturbation size of each job: mean over its positions of the ablation norm
             size = (zf.sum(1).to(torch.float64) / counts * sizes_of[col].to(torch.float64)).cpu().numpy()
             for t in plan.targets[s]:
@@ -293,6 +317,7 @@ class AblationEngine:
                                             codes[t], len(r))
                 mean = (sums / counts[:, None]).cpu().numpy()
                 d = mean.shape[1] // 2
+                mean[unchanged, :d] = 0.0
                 for kind, m in (("real", ~nl), ("null", nl)):
                     m = m.cpu().numpy()
                     if kind in kinds and m.any():

@@ -217,6 +217,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed", "null_draws",
                                             "null_budget")}}
+    if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
+        key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -284,7 +286,8 @@ def trace_plan(cfg: TraceConfig, features: dict, targets: dict, **overrides):
     from .engine import TracePlan
 
     opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
-                encode_chunk=cfg.encode_chunk, null_draws=cfg.null_draws, null_budget=cfg.null_budget)
+                encode_chunk=cfg.encode_chunk, null_draws=cfg.null_draws, null_budget=cfg.null_budget,
+                support_active=cfg.compat == "reference")
     return TracePlan(features, targets, **{**opts, **overrides})
 
 
