@@ -6,7 +6,8 @@ file's location, its column contract and the rules for finding it are written on
     RUN/annotation/layerNN_catalog.parquet      annotate  (CATALOG_COLUMNS)
     RUN/annotation/layerNN_enrichment.parquet   annotate  (ENRICHMENT_COLUMNS)
     RUN/trace/edges.parquet                     trace     (EDGE_COLUMNS)
-    RUN/trace/features.parquet, null.parquet    trace
+    RUN/trace/features.parquet, null.parquet,
+              d_distribution.parquet            trace
     RUN/trace/trace_meta.json                   trace     (inputs, features, annotation run)
     RUN/analysis/*.parquet, summary.json        analyze
     RUN/validation/*.parquet, summary.json      validate
@@ -51,10 +52,19 @@ UNANNOTATED = "unannotated"
 # -- column contracts --------------------------------------------------------------------------
 EDGE_COLUMNS = ("source_layer", "source_feature", "target_layer", "target_feature", "cohens_d", "in_cap")
 """Columns every consumer of ``trace/edges.parquet`` may rely on."""
+EDGE_COLUMN = "edge"
+"""The column of ``trace/edges.parquet`` that marks the edges every downstream stage uses
+(analyze, compare, predict, report): the configured criterion's edges (``TraceConfig.criterion``).
+Re-exported as :data:`sccircuits.trace.edges.EDGE_COLUMN`."""
+EDGE_SETS = ("edges", "capped", "uncapped")
+"""Row sets of an edge table (:func:`select_edges`): ``edges`` (column :data:`EDGE_COLUMN`),
+``capped`` (``in_cap``, the published top-N set), ``uncapped`` (``passes_published``: the
+published rule without its cap)."""
+EDGE_SET_COLUMNS = {"edges": EDGE_COLUMN, "capped": "in_cap", "uncapped": "passes_published"}
 EDGE_LABEL_COLUMNS = ("source_label", "source_label_id", "target_label", "target_label_id")
 CATALOG_COLUMNS = ("feature", "label_id", "label_name", "top_genes")
 ENRICHMENT_COLUMNS = ("feature", "library", "term_id", "term_name", "q_value")
-TRACE_TABLES = ("edges", "features", "null")
+TRACE_TABLES = ("edges", "features", "null", "d_distribution")
 
 _LAYER_FILE = re.compile(r"^layer(\d+)_(catalog|enrichment)\.parquet$")
 
@@ -212,18 +222,27 @@ def write_trace_tables(run: RunDir, tables: dict[str, pd.DataFrame]) -> list[str
     return [write_table(run, trace_file(name), tables[name]) for name in TRACE_TABLES]
 
 
-def read_edges(run: RunDir | str | os.PathLike, columns: list[str] | None = None, capped: bool = False,
+def select_edges(edges: pd.DataFrame, which: str) -> pd.DataFrame:
+    """The rows of edge set ``which`` (:data:`EDGE_SETS`). Tables written before a set's column
+    existed hold only published-rule rows, all of them edges: every row is kept."""
+    if which not in EDGE_SET_COLUMNS:
+        raise ValueError(f"edge set must be one of {', '.join(EDGE_SETS)}, got {which!r}")
+    col = EDGE_SET_COLUMNS[which]
+    if col not in edges:
+        return edges
+    return edges[edges[col].fillna(False).astype(bool)].reset_index(drop=True)
+
+
+def read_edges(run: RunDir | str | os.PathLike, columns: list[str] | None = None, which: str | None = None,
                require: tuple[str, ...] = ()) -> pd.DataFrame:
     """``trace/edges.parquet`` of a run whose trace completed, checked for :data:`EDGE_COLUMNS`
-    (and ``require``). ``columns``: read only these (see :func:`edge_columns`). ``capped``:
-    only the published top-N edges."""
+    (and ``require``). ``columns``: read only these (see :func:`edge_columns`). ``which``: only
+    the rows of that edge set (:func:`select_edges`); None: every row."""
     rd = as_rundir(run)
     rd.require(TRACE)
     path = rd.path / trace_file("edges")
     edges = read_table(path, EDGE_COLUMNS + tuple(c for c in require if c not in EDGE_COLUMNS), only=columns)
-    if capped:
-        edges = edges[edges["in_cap"].astype(bool)].reset_index(drop=True)
-    return edges
+    return edges if which is None else select_edges(edges, which)
 
 
 def edge_columns(run: RunDir | str | os.PathLike, wanted: list[str]) -> list[str]:
@@ -240,6 +259,13 @@ def read_trace_tables(run: RunDir | str | os.PathLike) -> tuple[pd.DataFrame, pd
     rd = as_rundir(run)
     rd.require(TRACE)
     return read_edges(rd), read_table(rd.path / trace_file("features")), read_table(rd.path / trace_file("null"))
+
+
+def read_trace_table(run: RunDir | str | os.PathLike, name: str) -> pd.DataFrame | None:
+    """``trace/NAME.parquet`` of a run whose trace stage completed; None when the trace is not
+    complete or (a table newer than the run's trace, e.g. ``d_distribution``) absent."""
+    rd = as_rundir(run)
+    return read_optional_table(rd.path / trace_file(name)) if rd.is_complete(TRACE) else None
 
 
 # -- analysis and validation -----------------------------------------------------------------------

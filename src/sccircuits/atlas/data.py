@@ -38,7 +38,6 @@ from ..report import sae_quality_from_manifest
 from ..rundir import RunDir
 from .celltypes import cell_type_activity
 from .config import AtlasConfig  # noqa: F401  (re-exported)
-EDGE_SET_COLUMN = "edge"  # marks the trace's edge set where edges.parquet holds more rows (older tables: every row)
 
 
 # -- per-run tables --------------------------------------------------------------------------
@@ -79,9 +78,8 @@ class RunTables:
 # -- small helpers ---------------------------------------------------------------------------
 def edge_set(edges: pd.DataFrame, capped: bool) -> pd.DataFrame:
     """The edges to show: the published cap (``in_cap``) with ``capped``, else the trace's edge set
-    (column ``edge`` where the table has it, every row otherwise)."""
-    col = "in_cap" if capped else EDGE_SET_COLUMN
-    return edges[edges[col].fillna(False).astype(bool)] if col in edges else edges
+    (:func:`sccircuits.artifacts.select_edges`)."""
+    return artifacts.select_edges(edges, "capped" if capped else "edges")
 
 
 def _num(x: np.ndarray, digits: int) -> list:

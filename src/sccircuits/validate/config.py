@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..artifacts import EDGE_SETS
 from ..config import apply_compat, check, compat_option, option
 
 
@@ -13,7 +14,8 @@ class PredictConfig:
     """Options of gene-level prediction (``sccircuits predict``)."""
 
     top_genes: int = option(10, "top genes per feature used on each side of an edge")
-    edges: str = option("capped", "which edges: 'capped' (in_cap, the published top-N set) or 'uncapped' (all)")
+    edges: str = option("edges", "which edges: 'edges' (the trace's edge set, column 'edge'), 'capped' (in_cap, "
+                                 "the published top-N set) or 'uncapped' (the published rule without the cap)")
     min_edges: int = option(2, "keep pairs seen in at least this many edges ...")
     min_max_abs_d: float = option(2.0, "... or whose largest |d| exceeds this")
     drop_self_pairs: bool = option(True, "drop pairs whose source and target gene are the same")
@@ -35,7 +37,7 @@ class PredictConfig:
         apply_compat(self)
         check(self.min_shared_go >= 1, "min_shared_go must be >= 1")
         check(self.top_genes >= 1, "top_genes must be >= 1")
-        check(self.edges in ("capped", "uncapped"), "edges must be 'capped' or 'uncapped'")
+        check(self.edges in EDGE_SETS, f"edges must be one of {', '.join(EDGE_SETS)}, got {self.edges!r}")
         check(self.min_edges >= 1, "min_edges must be >= 1")
         check(self.edge_chunk >= 1, "edge_chunk must be >= 1")
 

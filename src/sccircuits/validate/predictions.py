@@ -44,7 +44,8 @@ from ..errors import InputError
 from .config import PredictConfig  # noqa: F401  (re-exported)
 
 EDGE_COLUMNS = list(artifacts.EDGE_COLUMNS)
-EDGE_OPTIONAL = ["source_label", "source_label_id", "target_label", "target_label_id", "consensus", "novel"]
+EDGE_OPTIONAL = ["source_label", "source_label_id", "target_label", "target_label_id", "consensus", "novel",
+                 artifacts.EDGE_COLUMN, "passes_published"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,9 +60,11 @@ def condition_names(runs: list[str | os.PathLike]) -> list[str]:
     return names
 
 
-def read_edges(run: str | os.PathLike, capped: bool) -> pd.DataFrame:
-    """The contract columns of the run's edge table plus the optional label / flag columns."""
-    return artifacts.read_edges(run, columns=artifacts.edge_columns(run, EDGE_OPTIONAL), capped=capped)
+def read_edges(run: str | os.PathLike, which: str = "edges") -> pd.DataFrame:
+    """The contract columns of the run's edge table plus the optional label / flag columns,
+    rows of the edge set ``which`` (:data:`~sccircuits.artifacts.EDGE_SETS`; tables without the
+    ``edge`` / ``passes_published`` columns hold only published-rule rows, all of them edges)."""
+    return artifacts.read_edges(run, columns=artifacts.edge_columns(run, EDGE_OPTIONAL), which=which)
 
 
 annotation_run = artifacts.annotation_run
@@ -202,7 +205,7 @@ def predict_genes(runs: list[str | os.PathLike] | str | os.PathLike, cfg: Predic
 
     all_edges, all_genes = [], []
     for c, run in enumerate(runs):
-        e = read_edges(run, capped=cfg.edges == "capped")
+        e = read_edges(run, cfg.edges)
         e["cond"] = c
         if cons_pairs is not None:
             e["consensus"] = _flag_edges(e, cons_pairs)
