@@ -17,7 +17,7 @@ def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
     page = report.read_text()
     for kind in ("geneformer", "scgpt"):
         m = json.loads((tmp_path / kind / "manifest.json").read_text())
-        for stage in ("extract", "train-sae", "annotate", "trace", "analyze"):
+        for stage in ("extract", "train-sae", "annotate", "trace", "analyze", "celltypes"):
             assert m["stages"][stage]["status"] == "complete", (kind, stage)
         edges = pd.read_parquet(tmp_path / kind / "trace" / "edges.parquet")
         assert m["stages"]["trace"]["config"]["n_cells"] == 8
@@ -28,7 +28,7 @@ def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
     capsys.readouterr()
     run_demo(tmp_path, cfg, progress=False)  # second run: every per-model stage is reused
     err = capsys.readouterr().err
-    assert err.count("already done, reused") == 10  # 5 stages x 2 models
+    assert err.count("already done, reused") == 12  # 6 stages x 2 models
 
 
 def test_demo_config_rejects_unknown_model():

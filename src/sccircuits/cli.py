@@ -119,6 +119,24 @@ def genesets_build_go(
           f"{meta['sources']['go_release_date']}) and {meta['gene_table_rows']} gene id rows -> {out}")
 
 
+@genesets_app.command("build-msigdb")
+def genesets_build_msigdb(
+    out: Path = typer.Option(..., "--out", help="output directory (hallmark/reactome/wikipathways.gmt.gz, msigdb.json)"),
+    wheel: Optional[Path] = typer.Option(None, "--wheel", help="pegasuspy wheel or unpacked directory "
+                                         "(default: pip download pegasuspy==1.10.2)"),
+    min_size: int = typer.Option(5, "--min-size", help="smallest term kept (genes)"),
+) -> None:
+    """MSigDB Hallmark, Reactome and WikiPathways gene sets (not KEGG/BioCarta) from the pegasuspy
+    wheel, symbols updated to current NCBI symbols."""
+    from .datasets.msigdb import BuildMSigDBConfig, build_msigdb
+
+    meta = build_msigdb(BuildMSigDBConfig(out=str(out), wheel=None if wheel is None else str(wheel),
+                                          min_size=min_size))
+    for name, lib in meta["libraries"].items():
+        print(f"{name}: {lib['n_terms']} terms, {lib['n_genes']} genes, {lib['n_symbols_updated']} symbols updated")
+    print(f"-> {out}")
+
+
 @app.command("pretrain-demo")
 def pretrain_demo_cmd(
     out: Path = typer.Option(..., "--out", help="output directory (demo-geneformer/, demo-scgpt/ inside)"),
@@ -421,12 +439,29 @@ def compare_cmd(
     print(f"written to {out}")
 
 
+@app.command("celltypes")
+def celltypes_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory (extract and train-sae completed)"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".h5ad the activations came from (default: extract's)"),
+    label_column: str = typer.Option("cell_type", "--label-column", help="obs column with cell-type labels"),
+    min_cells: int = typer.Option(3, "--min-cells", help="cell types with fewer extracted cells are left out"),
+) -> None:
+    """Per-cell-type activity of every SAE feature and a Kruskal-Wallis test across cell types."""
+    from .celltypes import CellTypeConfig, celltypes
+
+    m = celltypes(run, CellTypeConfig(data="" if data is None else str(data), label_column=label_column,
+                                      min_cells=min_cells))
+    print(f"{m['n_significant']} of {m['n_features_tested']} features differ by cell type (BH q < 0.05); "
+          f"traced sources: {m['n_traced_significant']} of {m['n_traced_tested']} -> {run}/celltypes")
+
+
 # --- demo and report (issue 9) ---
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("sccircuits-demo"), "--out", help="output directory (reruns reuse finished stages)"),
     models: str = typer.Option("geneformer,scgpt", help="demo models: geneformer, scgpt or both"),
-    n_cells: Optional[int] = typer.Option(None, help="cells for activations and SAEs (default: all 700)"),
+    data: str = typer.Option("blood", help="bundled cells: blood (719 x 8,455 genes) or pbmc (700 x 765, quick)"),
+    n_cells: Optional[int] = typer.Option(None, help="cells for activations and SAEs (default: all)"),
     trace_cells: int = typer.Option(120, help="cells traced per model"),
     n_features: int = typer.Option(8, help="source features per source layer"),
     source_layers: str = typer.Option("first,middle", help="'first,middle' or explicit layers, e.g. '0,2'"),
@@ -434,10 +469,10 @@ def demo_cmd(
     perturbations: Optional[Path] = typer.Option(None, help="Perturb-seq .h5ad to validate against"),
     n_perm: int = typer.Option(200, help="permutations of the coherence and consensus nulls"),
 ) -> None:
-    """Whole pipeline on the bundled PBMC cells with both demo models; writes OUT/report.html."""
+    """Whole pipeline on the bundled blood cells with both demo models; writes OUT/report.html."""
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(models=models, n_cells=n_cells, trace_cells=trace_cells, n_features=n_features,
+    cfg = DemoConfig(models=models, data=data, n_cells=n_cells, trace_cells=trace_cells, n_features=n_features,
                      source_layers=source_layers, sae_epochs=sae_epochs,
                      perturbations=None if perturbations is None else str(perturbations), n_perm=n_perm)
     print(run_demo(out, cfg))
