@@ -63,3 +63,5 @@ def test_config_validation():
         CellTypeConfig(min_cells=1)
     with pytest.raises(ConfigError):
         CellTypeConfig(label_column="")
+    with pytest.raises(ConfigError, match="COLUMN=VALUE"):
+        CellTypeConfig(subset="pbmc3k")

@@ -5,7 +5,8 @@ For every layer with an SAE, each extracted cell gets one activity per feature: 
 activation over the cell's gene positions (0 where the feature does not fire). Per feature,
 a Kruskal-Wallis test compares these per-cell activities across the cell-type labels of the
 data file (``obs[label_column]``; types with fewer than ``min_cells`` extracted cells are left
-out); p-values get a Benjamini-Hochberg correction over every tested feature of every layer.
+out; ``subset`` restricts the test to one batch of cells, since a batch that is mostly one cell
+type would otherwise pass batch differences off as cell-type differences); p-values get a Benjamini-Hochberg correction over every tested feature of every layer.
 Features that never fire in the tested cells are not tested. The effect size is epsilon^2 =
 H / (n - 1) (0: no difference, 1: the types separate completely).
 
@@ -37,12 +38,16 @@ class CellTypeConfig:
 
     data: str = option("", "the .h5ad the activations were extracted from (default: the extract stage's data)")
     label_column: str = option("cell_type", "obs column with the cell-type labels")
+    subset: str = option("", "test only the cells with obs[COLUMN] == VALUE, given as COLUMN=VALUE (e.g. one "
+                             "batch, so that batch differences are not read as cell-type differences)")
     min_cells: int = option(3, "cell types with fewer extracted cells are left out of the test")
     alpha: float = option(0.05, "FDR level reported in the stage metrics")
     batch_size: int = option(8192, "positions per SAE encode batch")
 
     def __post_init__(self) -> None:
         check(bool(self.label_column), "celltypes: label_column must not be empty")
+        check(not self.subset or ("=" in self.subset and self.subset.split("=", 1)[0] != ""),
+              f"celltypes: subset must look like COLUMN=VALUE, got {self.subset!r}")
         check(self.min_cells >= 2, f"celltypes: min_cells must be >= 2, got {self.min_cells}")
         check(0 < self.alpha < 1, "celltypes: alpha must be in (0, 1)")
         check(self.batch_size >= 1, "celltypes: batch_size must be >= 1")
@@ -98,29 +103,31 @@ def activity_table(activity: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ stage
 
-def _labels(data: str, column: str, cells: np.ndarray) -> np.ndarray:
+def _labels(data: str, column: str, cells: np.ndarray, subset: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(label of each extracted cell, whether it is in ``subset``)."""
     from .data import read_cells
 
     adata = read_cells(data)
-    if column not in adata.obs.columns:
-        raise InputError(data, f"no obs column '{column}' with cell-type labels "
-                               f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})")
+    wanted = [column] + ([subset.split("=", 1)[0]] if subset else [])
+    for col in wanted:
+        if col not in adata.obs.columns:
+            raise InputError(data, f"no obs column '{col}' (columns: {', '.join(map(str, adata.obs.columns)) or 'none'})")
     if cells.size and cells.max() >= adata.n_obs:
         raise InputError(data, f"has {adata.n_obs} cells but the activations come from row {cells.max()}: "
                                "not the file they were extracted from")
-    return adata.obs[column].astype(str).to_numpy()[cells]
+    labels = adata.obs[column].astype(str).to_numpy()[cells]
+    if not subset:
+        return labels, np.ones(len(cells), dtype=bool)
+    col, value = subset.split("=", 1)
+    return labels, adata.obs[col].astype(str).to_numpy()[cells] == value
 
 
 def _traced_sources(run: RunDir) -> set[tuple[int, int]]:
     path = run.path / "trace" / "features.parquet"
     if not run.is_complete("trace") or not path.is_file():
         return set()
-    f = pd.read_parquet(path)
-    if not {"layer", "feature"} <= set(f.columns):
-        return set()
-    if "role" in f.columns:
-        f = f[f["role"] == "source"]
-    return {(int(a), int(b)) for a, b in zip(f["layer"], f["feature"])}
+    f = pd.read_parquet(path, columns=["source_layer", "source_feature"])
+    return {(int(a), int(b)) for a, b in zip(f["source_layer"], f["source_feature"])}
 
 
 def celltypes(run: str | os.PathLike, cfg: CellTypeConfig | None = None, progress: bool = True) -> dict:
@@ -140,13 +147,13 @@ def celltypes(run: str | os.PathLike, cfg: CellTypeConfig | None = None, progres
         raise InputError(rd.path, "celltypes: the extract stage does not record its data file; pass --data")
     store = ActivationStore(rd)
     cells = store.cells()
-    labels_all = _labels(data, cfg.label_column, cells)
-    n_per = pd.Series(labels_all).value_counts()
+    labels_all, in_subset = _labels(data, cfg.label_column, cells, cfg.subset)
+    n_per = pd.Series(labels_all[in_subset]).value_counts()
     keep_types = set(n_per[n_per >= cfg.min_cells].index)
-    keep_cells = np.array([lab in keep_types for lab in labels_all])
+    keep_cells = in_subset & np.array([lab in keep_types for lab in labels_all])
     if len(keep_types) < 2:
         raise InputError(data, f"celltypes: fewer than 2 cell types with >= {cfg.min_cells} extracted cells "
-                               f"in obs['{cfg.label_column}']")
+                               f"in obs['{cfg.label_column}']" + (f" among cells with {cfg.subset}" if cfg.subset else ""))
     rd.begin_stage(STAGE, {**to_dict(cfg), "data": data})
     saes = load_saes(rd.path / "saes")
     traced = _traced_sources(rd)

@@ -444,13 +444,14 @@ def celltypes_cmd(
     run: Path = typer.Option(..., "--run", help="run directory (extract and train-sae completed)"),
     data: Optional[Path] = typer.Option(None, "--data", help=".h5ad the activations came from (default: extract's)"),
     label_column: str = typer.Option("cell_type", "--label-column", help="obs column with cell-type labels"),
+    subset: str = typer.Option("", "--subset", help="only cells with obs[COLUMN] == VALUE (COLUMN=VALUE), e.g. one batch"),
     min_cells: int = typer.Option(3, "--min-cells", help="cell types with fewer extracted cells are left out"),
 ) -> None:
     """Per-cell-type activity of every SAE feature and a Kruskal-Wallis test across cell types."""
     from .celltypes import CellTypeConfig, celltypes
 
     m = celltypes(run, CellTypeConfig(data="" if data is None else str(data), label_column=label_column,
-                                      min_cells=min_cells))
+                                      subset=subset, min_cells=min_cells))
     print(f"{m['n_significant']} of {m['n_features_tested']} features differ by cell type (BH q < 0.05); "
           f"traced sources: {m['n_traced_significant']} of {m['n_traced_tested']} -> {run}/celltypes")
 
@@ -468,13 +469,15 @@ def demo_cmd(
     sae_epochs: int = typer.Option(5, help="SAE training epochs"),
     perturbations: Optional[Path] = typer.Option(None, help="Perturb-seq .h5ad to validate against"),
     n_perm: int = typer.Option(200, help="permutations of the coherence and consensus nulls"),
+    threads: int = typer.Option(2, help="CPU threads for torch (fixed so that reruns are byte-identical)"),
 ) -> None:
     """Whole pipeline on the bundled blood cells with both demo models; writes OUT/report.html."""
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(models=models, data=data, n_cells=n_cells, trace_cells=trace_cells, n_features=n_features,
                      source_layers=source_layers, sae_epochs=sae_epochs,
-                     perturbations=None if perturbations is None else str(perturbations), n_perm=n_perm)
+                     perturbations=None if perturbations is None else str(perturbations), n_perm=n_perm,
+                     threads=threads)
     print(run_demo(out, cfg))
 
 
