@@ -144,11 +144,12 @@ def pretrain_demo_cmd(
     seed: int = typer.Option(0, "--seed", help="random seed (weights, masking, held-out cells)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default: the shipped models' setting)"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
+    data: str = typer.Option("blood", "--data", help="bundled cells: blood (719 x 8,455 genes) or pbmc (700 x 765)"),
 ) -> None:
-    """Train the small demo models on the bundled PBMC cells (masked gene / masked value prediction)."""
+    """Train the small demo models on the bundled blood cells (masked gene / masked value prediction)."""
     from .pretrain import PretrainConfig, pretrain_demo
 
-    cfg = PretrainConfig(kind=kind, out=str(out), seed=seed, threads=threads,
+    cfg = PretrainConfig(kind=kind, out=str(out), seed=seed, threads=threads, data=data,
                          **({} if epochs is None else {"epochs": epochs}))
     for name, report in pretrain_demo(cfg).items():
         ev = report["eval"]
