@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import check, option, to_dict
+from .config import check, option, parse_layers, to_dict
 from .rundir import RunDir
 
 
@@ -59,6 +59,8 @@ class DemoConfig:
               "SAE epochs, expansion and k must be >= 1")
         check(self.n_perm >= 10, "n_perm must be >= 10")
         check(self.threads >= 1, "threads must be >= 1")
+        if self.source_layers.strip() != "first,middle":
+            parse_layers(self.source_layers, "source_layers")  # syntax check
 
     @property
     def kinds(self) -> list[str]:
@@ -80,7 +82,7 @@ def _same(run: RunDir, stage: str, cfg) -> bool:
 def _source_layers(spec: str, n_layers: int) -> list[int]:
     if spec.strip() == "first,middle":
         return sorted({0, max(1, (n_layers - 1) // 2)} - {n_layers - 1})
-    return sorted({int(x) for x in spec.split(",")})
+    return parse_layers(spec, "source_layers", n_layers)
 
 
 def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bool = True) -> Path:
@@ -154,7 +156,7 @@ def _run_demo(out: str | os.PathLike, cfg: DemoConfig, progress: bool) -> Path:
     compare_dir = None
     if len(runs) > 1:
         compare_dir = out / "compare"
-        ccfg = CompareConfig(n_perm=cfg.n_perm, n_rewire=cfg.n_perm)
+        ccfg = CompareConfig(n_perm=cfg.n_perm, n_rewire=cfg.n_perm, n_edge_perm=cfg.n_perm, disease_n_perm=cfg.n_perm)
         groups = ";".join(f"{k}={p}" for k, p in runs.items())
         _say("compare ...")
         compare(list(runs.values()), groups=groups, out=compare_dir, cfg=ccfg)
