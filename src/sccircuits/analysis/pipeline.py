@@ -313,7 +313,8 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     else:
         cats = dis.keyword_categories(names_map)
         dtests = pd.DataFrame({"domain": list(cats), "categories": [sorted(c) for c in cats.values()]})
-        mode = "compat keyword categories from GO term names (circular when labels come from GO)"
+        mode = ("keyword categories from GO term names (circular when labels come from GO; not the published "
+                "procedure, which is compare --compat reference)")
     dtable = dis.disease_vs_consensus(union, union["consensus"], cats)
     if cfg.disease_n_perm and len(union):
         dnull = dis.degree_conditioned_null(union, union["consensus"], cats, cfg.disease_n_perm, cfg.seed,
@@ -338,6 +339,7 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
                         "note": "cleanest contrast: same model and SAE, different input cells",
                         "tests": tissue.to_dict("records")}
     result["comparison_table"] = table.to_dict("records")
+    ref_tables = _reference(data, names, groups, cfg, result) if cfg.compat == "reference" else {}
 
     atomic_write_parquet(outdir / "comparison_table.parquet", table)
     atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
@@ -348,10 +350,27 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     atomic_write_parquet(outdir / "disease.parquet", dtable)
     atomic_write_parquet(outdir / "disease_domains.parquet", dtests)
     atomic_write_parquet(outdir / "tissue.parquet", tissue)
+    for name, t in ref_tables.items():
+        atomic_write_parquet(outdir / f"{name}.parquet", t)
     atomic_write_json(outdir / "compare.json", result)
     outputs = ["compare.json", "comparison_table.parquet", "comparison_table.csv", "consensus_pairs.parquet",
                "consensus_null.parquet", "novel_pairs.parquet", "hierarchy.parquet", "disease.parquet",
-               "disease_domains.parquet", "tissue.parquet"]
+               "disease_domains.parquet", "tissue.parquet"] + [f"{n}.parquet" for n in ref_tables]
     metrics = {f"{es}_n_consensus": v.get("n_consensus") for es, v in result["consensus"].items()}
     outrd.complete_stage("compare", outputs=outputs, metrics=metrics)
     return result
+
+
+def _reference(data: dict, names: Mapping[str, RunDir], groups: dict, cfg: CompareConfig, result: dict) -> dict:
+    """``--compat reference``: the published analyses into ``result["reference"]``; returns tables."""
+    from .reference import annotation_inputs, compare_reference
+
+    files, trrust = list(cfg.compat_gene_sets), cfg.compat_trrust
+    if not files or trrust is None:
+        rec_files, rec_trrust = annotation_inputs(next(iter(names.values())))
+        files, trrust = files or rec_files, trrust if trrust is not None else rec_trrust
+    contrasts = cfg.compat_contrasts or cfg.contrasts
+    ref, tables = compare_reference(data, groups, contrasts, files, trrust, cfg.n_perm, cfg.seed,
+                                    cfg.min_shared_genes, progress=cfg.progress)
+    result["reference"] = ref
+    return tables

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,31 +51,49 @@ class TraceResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-def _resolve_inputs(run, model, data, saes, annotation, out) -> dict:
-    """Paths of model, data, SAEs, annotation run and output run, from a run dir and/or flags."""
-    info = {"model": model, "data": data, "saes": saes, "annotation": annotation, "tokenize": {}}
-    if run is not None:
-        rd = RunDir(run, create=False)
-        ext = rd.stage("extract")
-        if ext:
-            info["model"] = info["model"] or ext.get("model_path")
-            info["data"] = info["data"] or ext.get("data_path")
-            c = ext.get("config", {})
-            for key, opt in (("gene_column", "gene_column"), ("counts_layer", "layer"), ("max_length", "max_length")):
-                if c.get(key) is not None:
-                    info["tokenize"][opt] = c[key]
-        if info["saes"] is None:
-            info["saes"] = rd.path
-        if info["annotation"] is None and rd.is_complete("annotate"):
-            info["annotation"] = rd.path
-        out = out or rd.path
-    missing = [k for k in ("model", "data", "saes") if info[k] is None]
-    if missing:
-        raise ConfigError(f"trace needs --run RUN or all of --model, --data, --saes (missing: {', '.join(missing)})")
-    if out is None:
-        raise ConfigError("trace needs --out DIR (a run directory) when no --run is given")
-    info["out"] = Path(out)
-    return info
+TOKENIZE_OPTIONS = (("gene_column", "gene_column"), ("counts_layer", "layer"), ("max_length", "max_length"))
+"""(TraceConfig / ExtractConfig option, tokenizer keyword) pairs passed to ``adapter.tokenize``."""
+
+
+@dataclass
+class TraceInputs:
+    """Where a trace reads from and writes to (resolved from ``--run`` and/or the flags)."""
+
+    model: Path
+    data: Path
+    saes: Path
+    annotation: Path | None
+    """Run directory whose annotation gives labels and the richness selection (None: none)."""
+    out: Path
+    """Run directory receiving ``trace/``."""
+    tokenize: dict = field(default_factory=dict)
+    """Tokenizer keywords (gene_column, layer, max_length): the run's extract options, then
+    the trace's own."""
+
+    @classmethod
+    def resolve(cls, run, model, data, saes, annotation, out, cfg: TraceConfig) -> "TraceInputs":
+        """From a run dir (its extract stage, SAEs and annotation) and/or explicit paths."""
+        tokenize = {}
+        if run is not None:
+            rd = RunDir(run, create=False)
+            ext = rd.stage("extract")
+            if ext:
+                model = model or ext.get("model_path")
+                data = data or ext.get("data_path")
+                c = ext.get("config", {})
+                tokenize = {opt: c[key] for key, opt in TOKENIZE_OPTIONS if c.get(key) is not None}
+            saes = rd.path if saes is None else saes
+            if annotation is None and rd.is_complete("annotate"):
+                annotation = rd.path
+            out = out or rd.path
+        missing = [k for k, v in (("model", model), ("data", data), ("saes", saes)) if v is None]
+        if missing:
+            raise ConfigError(f"trace needs --run RUN or all of --model, --data, --saes (missing: {', '.join(missing)})")
+        if out is None:
+            raise ConfigError("trace needs --out DIR (a run directory) when no --run is given")
+        tokenize.update({opt: getattr(cfg, key) for key, opt in TOKENIZE_OPTIONS if getattr(cfg, key) is not None})
+        return cls(Path(model), Path(data), Path(saes), None if annotation is None else Path(annotation),
+                   Path(out), tokenize)
 
 
 def _check_saes(saes: dict, adapter, saes_path) -> None:
@@ -195,6 +213,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
            "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed")}}
+    if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
+        key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -217,8 +237,7 @@ class TraceSetup:
     """Everything a trace needs before its blocks run (what ``trace()`` resolves first)."""
 
     cfg: TraceConfig
-    info: dict
-    """Resolved paths: model, data, saes, annotation, out; tokenize options."""
+    inputs: TraceInputs
     adapter: object
     saes: dict
     targets: dict[int, list[int]]
@@ -239,6 +258,19 @@ class TraceSetup:
     def kinds(self) -> tuple[str, ...]:
         return ("real", "null") if self.cfg.null_ablation else ("real",)
 
+    def meta(self, fingerprint: str | None = None, executor: dict | None = None) -> dict:
+        """What ``trace_meta.json`` records (read back by :func:`merge` and :func:`finish_trace`)."""
+        ins = self.inputs
+        meta = {"fingerprint": fingerprint or self.fingerprint, "n_blocks": self.n_blocks,
+                "config": to_dict(self.cfg), "model_kind": self.adapter.kind,
+                "model_name": self.cfg.model_name or self.adapter.kind,
+                "annotation": None if ins.annotation is None else str(ins.annotation),
+                "inputs": {"model": str(ins.model), "data": str(ins.data), "saes": str(ins.saes)},
+                "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()}}
+        if executor is not None:
+            meta["executor"] = executor
+        return meta
+
 
 def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
                   config: TraceConfig | None = None, progress: bool = True, **options) -> TraceSetup:
@@ -252,20 +284,58 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
     from ..sae import load_saes
 
     cfg = config if config is not None else TraceConfig(**options)
-    info = _resolve_inputs(run, model, data, saes, annotation, out)
+    ins = TraceInputs.resolve(run, model, data, saes, annotation, out, cfg)
     spec = parse_feature_spec(cfg.features) if cfg.features else None
-    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
-    all_saes = load_saes(info["saes"], device=cfg.device)
-    _check_saes(all_saes, adapter, info["saes"])
-    targets = _source_layers(cfg, all_saes, spec, info["saes"])
-    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
-                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
-                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
-    info["tokenize"] = tok_opts
-    cells = _select_cells(adapter, info["data"], cfg, tok_opts)
-    features = _choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
-    fp = _fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
-    return TraceSetup(cfg, info, adapter, all_saes, targets, cells, features, fp)
+    adapter = load_model(ins.model, device=cfg.device, dtype=cfg.dtype)
+    all_saes = load_saes(ins.saes, device=cfg.device)
+    _check_saes(all_saes, adapter, ins.saes)
+    targets = _source_layers(cfg, all_saes, spec, ins.saes)
+    cells = _select_cells(adapter, ins.data, cfg, ins.tokenize)
+    features = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter, cells, progress)
+    fp = _fingerprint(cfg, features, targets, cells, ins.model, ins.saes)
+    return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp)
+
+
+@dataclass
+class OpenTrace:
+    """A trace stage begun in its run directory (:func:`open_trace`): where blocks go, which
+    blocks this run computes and which of them are still missing."""
+
+    rd: RunDir
+    trace_dir: Path
+    stage: str
+    meta: dict
+    blocks: list[int]
+    """Blocks of this run (all, or this shard's range)."""
+    todo: list[int]
+    """Blocks of ``blocks`` not yet on disk (the others were checked against the fingerprint)."""
+    finished: Accumulators | None
+    """Statistics of the same trace already finished (only the thresholds may differ)."""
+
+
+def open_trace(setup: TraceSetup, fingerprint: str | None = None, executor: dict | None = None) -> OpenTrace:
+    """The one setup and resume path of every executor: begin the manifest stage (this shard's
+    when ``--shard i/n``), write the trace metadata, verify the blocks already on disk (a block
+    of another trace is a clear error) and list those still to compute. ``fingerprint``
+    overrides the setup's (executors whose numbers differ in rounding keep their own blocks)."""
+    cfg = setup.cfg
+    fp = fingerprint or setup.fingerprint
+    meta = setup.meta(fp, executor)
+    rd = RunDir(setup.inputs.out)
+    trace_dir = rd.path / STAGE
+    i, n = cfg.shard_index, cfg.n_shards
+    blocks = list(range(i * setup.n_blocks // n, (i + 1) * setup.n_blocks // n))
+    stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
+    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
+    atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
+    finished = _finished_statistics(trace_dir, fp) if n == 1 else None
+    todo = []
+    for b in blocks:
+        if block_path(trace_dir, b).is_file():
+            load_block(block_path(trace_dir, b), fp)  # fingerprint check
+        else:
+            todo.append(b)
+    return OpenTrace(rd, trace_dir, stage, meta, blocks, todo, finished)
 
 
 def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
@@ -286,47 +356,48 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     t_start = time.time()
     setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
                           config=cfg, progress=progress)
-    info, adapter, all_saes = setup.info, setup.adapter, setup.saes
-    targets, cells, features, fp = setup.targets, setup.cells, setup.features, setup.fingerprint
+    job = open_trace(setup)
+    if job.finished is not None:  # same trace already computed: only the thresholds may differ
+        return finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
 
-    rd = RunDir(info["out"])
-    trace_dir = rd.path / STAGE
-    n_blocks = -(-len(cells) // cfg.checkpoint_every)
+    cells, fp = setup.cells, setup.fingerprint
+    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size,
+                     cfg.encode_chunk, support_active=cfg.compat == "reference")
+    engine = AblationEngine(setup.adapter, setup.saes, plan)
     i, n = cfg.shard_index, cfg.n_shards
-    blocks = list(range(i * n_blocks // n, (i + 1) * n_blocks // n))
-    stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
-    meta = {"fingerprint": fp, "n_blocks": n_blocks, "config": to_dict(cfg), "model_kind": adapter.kind,
-            "model_name": cfg.model_name or adapter.kind, "annotation": None if info["annotation"] is None else str(info["annotation"]),
-            "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
-            "features": {str(s): f.tolist() for s, f in features.items()}}
-    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
-    atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
-
-    done = _finished_statistics(trace_dir, fp) if n == 1 else None
-    if done is not None:  # same trace already computed: only the thresholds may differ
-        return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
-
-    plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
-    engine = AblationEngine(adapter, all_saes, plan)
-    todo = [b for b in blocks if not block_path(trace_dir, b).is_file()]
-    for b in blocks:
-        if b not in todo:
-            load_block(block_path(trace_dir, b), fp)  # fingerprint check
-    size = lambda b: min((b + 1) * cfg.checkpoint_every, len(cells)) - b * cfg.checkpoint_every  # noqa: E731
     torch.manual_seed(0)
-    with tqdm(total=sum(size(b) for b in blocks), initial=sum(size(b) for b in blocks if b not in todo),
+    with tqdm(total=sum(len(setup.block_cells(b)) for b in job.blocks),
+              initial=sum(len(setup.block_cells(b)) for b in job.blocks if b not in job.todo),
               desc=f"trace cells (shard {i}/{n})" if n > 1 else "trace cells", unit="cell", disable=not progress) as bar:
-        for b in todo:
+        for b in job.todo:
             t0 = time.time()
-            idx = list(range(b * cfg.checkpoint_every, b * cfg.checkpoint_every + size(b)))
-            acc = engine.run_cells(cells, idx, progress=bar)
+            acc = engine.run_cells(cells, setup.block_cells(b), progress=bar)
             acc.counters["compute_ms"] = int(round((time.time() - t0) * 1000))
-            acc.save(block_path(trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
+            acc.save(block_path(job.trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
     if n > 1:
-        metrics = {"blocks": blocks, "n_blocks": n_blocks, "wall_s": round(time.time() - t_start, 3)}
-        rd.complete_stage(stage, [str((block_path(trace_dir, b)).relative_to(rd.path)) for b in blocks], metrics)
-        return TraceResult(rd.path, None, None, None, metrics)
-    return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+        metrics = {"blocks": job.blocks, "n_blocks": setup.n_blocks, "wall_s": round(time.time() - t_start, 3)}
+        job.rd.complete_stage(job.stage, [str(block_path(job.trace_dir, b).relative_to(job.rd.path))
+                                          for b in job.blocks], metrics)
+        return TraceResult(job.rd.path, None, None, None, metrics)
+    return finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True)
+
+
+def run_trace(run=None, *, executor: str = "local", plan: bool = False, address: str | None = None,
+              num_workers: int = 2, **kwargs):
+    """What ``sccircuits trace`` runs: the plan only (``plan=True``, returns a
+    :class:`~sccircuits.trace.plan.TracePlanReport`; print it), a local trace (``executor="local"``)
+    or a Ray trace (``executor="ray"``). ``kwargs`` are :func:`sccircuits.trace.trace`'s."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if plan:
+        from .plan import plan_trace
+
+        return plan_trace(run, num_workers=num_workers if executor == "ray" else 1, **kwargs)
+    if executor == "ray":
+        from .ray_executor import trace_with_ray
+
+        return trace_with_ray(run, address=address, num_workers=num_workers, **kwargs)
+    return trace(run, **kwargs)
 
 
 # ----------------------------------------------------------------------------- merge

@@ -19,6 +19,14 @@ Steps (:func:`validate`):
    knocked-down gene a one-sided Fisher test of responsive genes (|LFC| > ``responsive_lfc``)
    among its predicted targets against the background, with BH over genes.
 
+``compat="reference"`` follows the published script (bio-sae-circuits
+``src/15_phase6_predictions_and_validation.py``): no per-cell normalisation and LFC =
+log2(mean_kd + 1) - log2(mean_ctrl + 1) (L362-397), knockdowns with >= 5 cells (L386), the
+published prediction rules (:mod:`.predictions`), and the per-knockdown Fisher test counted
+the published way: only knockdowns with >= 3 predicted targets are tested (L513) and one is
+enriched at uncorrected p < 0.05 (L546); the median odds ratio is over finite sample odds
+ratios (L547-548). Those counts go in ``n_knockdowns_tested`` / ``n_knockdowns_enriched``.
+
 Outputs in ``OUT/validation/`` (``OUT`` = the run, or ``out``): predictions.parquet,
 knockdowns.parquet, pairs.parquet, enrichment.parquet, summary.parquet, summary.json; manifest
 stage ``validate``.
@@ -34,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option
 from ..errors import InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet
 from . import metrics
@@ -54,25 +62,32 @@ class ValidateConfig:
                                                 "if present, else one line)")
     gene_column: str | None = option(None, "var column with gene symbols (default: gene_name etc. when "
                                            "var_names are Ensembl ids)")
-    min_cells: int = option(20, "minimum cells per knockdown (and per control group) in a cell line")
-    normalize: bool = option(True, "library-size normalise each cell (scale / full row total)")
+    min_cells: int | None = compat_option(20, 5, "minimum cells per knockdown (and per control group) in a cell line")
+    normalize: bool | None = compat_option(True, False, "library-size normalise each cell (scale / full row total)")
     scale: float = option(1e4, "normalised counts per cell (1e4 = CP10k)")
-    pseudocount: float = option(0.1, "pseudocount added to both means before log2 (normalised units)")
-    efficacy_filter: bool = option(False, "use only knockdowns whose own gene drops by min_knockdown")
+    pseudocount: float | None = compat_option(0.1, 1.0, "pseudocount added to both means before log2 (normalised units)")
+    efficacy_filter: bool | None = compat_option(False, False, "use only knockdowns whose own gene drops by min_knockdown")
     min_knockdown: float = option(0.3, "required fractional drop of the knocked-down gene (0.3 = 30%)")
-    min_abs_lfc: float = option(0.01, "pairs with |LFC| below this are not scored for direction")
-    responsive_lfc: float = option(0.5, "|LFC| above this makes a gene responsive (Fisher test)")
-    background: str = option("screen", "Fisher background: 'screen' (all measured genes) or "
-                                       "'predicted' (measured genes predicted as a target of any source)")
+    min_abs_lfc: float | None = compat_option(0.01, 0.01, "pairs with |LFC| below this are not scored for direction")
+    responsive_lfc: float | None = compat_option(0.5, 0.5, "|LFC| above this makes a gene responsive (Fisher test)")
+    background: str | None = compat_option("screen", "screen", "Fisher background: 'screen' (all measured genes) or "
+                                                               "'predicted' (measured genes predicted as a target of any source)")
     fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
     n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
     seed: int = option(0, "bootstrap seed")
     chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
     predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
+    compat: str = option("none", "'reference': the published LFC, filters, predictions and per-knockdown Fisher "
+                                 "counting (docs/compat.md)")
 
     def __post_init__(self) -> None:
         if isinstance(self.predict, dict):
             self.predict = PredictConfig(**self.predict)
+        apply_compat(self)  # published L362-397 (LFC), L386 (>= 5 cells), L446, L503
+        if self.compat == "reference" and self.predict.compat != "reference":  # one compat per stage
+            self.predict = _with_compat(self.predict)
+        check(self.predict.compat == self.compat, f"predict compat {self.predict.compat!r} differs from the "
+                                                  f"validate compat {self.compat!r}: set compat on ValidateConfig")
         check(self.min_cells >= 1, "min_cells must be >= 1")
         check(self.scale > 0, "scale must be > 0")
         check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
@@ -82,6 +97,16 @@ class ValidateConfig:
         check(0 < self.fdr < 1, "fdr must be in (0, 1)")
         check(self.n_boot >= 1, "n_boot must be >= 1")
         check(self.chunk_size >= 1, "chunk_size must be >= 1")
+
+
+def _with_compat(cfg: PredictConfig) -> PredictConfig:
+    """``cfg`` under ``compat="reference"``: compat-dependent fields still at their own default
+    are left to the published value (a value the user changed still contradicts it)."""
+    data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if "compat" in f.metadata and data[f.name] == f.metadata["compat"][0]:
+            data[f.name] = None
+    return PredictConfig(**{**data, "compat": "reference"})
 
 
 @dataclasses.dataclass
@@ -235,7 +260,25 @@ def summarise(pairs: pd.DataFrame, enr: pd.DataFrame, subset: str, line: str, cf
             "excess": acc["excess"], "excess_ci_low": acc["excess_ci_low"], "excess_ci_high": acc["excess_ci_high"],
             "binomial_p_vs_half": metrics.binomial_p_half(n_correct, acc["n_pairs"]),
             "spearman_abs_d_abs_lfc": rho, "spearman_p": rho_p,
-            "n_knockdowns_tested": int(len(enr)), "n_knockdowns_enriched": int((enr["q_value"] < cfg.fdr).sum())}
+            **knockdown_enrichment_counts(enr, cfg)}
+
+
+def knockdown_enrichment_counts(enr: pd.DataFrame, cfg: ValidateConfig) -> dict:
+    """Knockdowns tested / enriched: BH q < fdr over every knockdown with a predicted target, or
+    with compat the published rule (>= 3 predicted targets, uncorrected p < 0.05, L513 and L546)
+    plus the published median of the finite sample odds ratios (L547-548)."""
+    if cfg.compat != "reference":
+        return {"n_knockdowns_tested": int(len(enr)), "n_knockdowns_enriched": int((enr["q_value"] < cfg.fdr).sum())}
+    t = enr[enr["n_predicted"] >= 3]
+    a = t["n_predicted_responsive"].to_numpy(np.float64)
+    b = t["n_predicted"].to_numpy(np.float64) - a
+    c = t["n_other_responsive"].to_numpy(np.float64)
+    d = t["n_other"].to_numpy(np.float64) - c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sample_or = np.round((a * d) / (b * c), 4)  # published rounds each OR (L540)
+    finite = sample_or[np.isfinite(sample_or)]
+    return {"n_knockdowns_tested": int(len(t)), "n_knockdowns_enriched": int((t["p_value"] < 0.05).sum()),
+            "median_odds_ratio": float(np.median(finite)) if finite.size else 0.0}
 
 
 def subsets(pred: pd.DataFrame) -> list[str]:

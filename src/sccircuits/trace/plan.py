@@ -19,7 +19,7 @@
 budget (``torch.cuda.mem_get_info`` on CUDA, available RAM on CPU).
 
 :func:`prepare_trace` resolves a trace's inputs exactly as ``sccircuits trace`` does (same
-cells, same features, same block fingerprint); the Ray executor (``trace_ray.py``) uses it too.
+cells, same features, same block fingerprint); the Ray executor (``trace/ray_executor.py``) uses it too.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError
-from .trace.accumulators import Accumulators
-from .trace.config import TraceConfig
-from .trace.stage import TraceSetup, prepare_trace  # noqa: F401  (re-exported: plan users build on it)
+from ..errors import ConfigError
+from .accumulators import Accumulators
+from .config import TraceConfig
+from .stage import TraceSetup, prepare_trace  # noqa: F401  (re-exported: plan users build on it)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -148,13 +148,14 @@ def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> di
     """
     import torch
 
-    from .trace.engine import AblationEngine, TracePlan
+    from .engine import AblationEngine, TracePlan
 
     cfg, cells = setup.cfg, setup.cells
     lengths = cells.lengths()
     order = np.argsort(-lengths, kind="stable")
     pick = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in np.linspace(0, 1, max(1, min(n_cells, len(cells))))})
-    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
+    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk,
+                     support_active=cfg.compat == "reference")
     engine = AblationEngine(setup.adapter, setup.saes, plan)
     engine.run_cells(cells, pick[:1])  # warm-up (allocations, kernels)
 
@@ -179,7 +180,7 @@ class _SubsetSetup:
     """A view of a setup restricted to some cells (one block), for calibration."""
 
     def __init__(self, setup: TraceSetup, idx: list[int]):
-        from .models.base import TokenizedCells
+        from ..models.base import TokenizedCells
 
         c = setup.cells
         self.cells = TokenizedCells([c.input_ids[i] for i in idx], None if c.values is None else [c.values[i] for i in idx],
@@ -420,7 +421,7 @@ class DtypeAgreement:
 def compare_accumulators(a32: Accumulators, alo: Accumulators, th) -> dict:
     """|delta d| over tests valid in both, and edges that flip (pure function of two traces of
     the same features and cells under thresholds ``th``)."""
-    from .trace.edges import build_tables, pair_statistics
+    from .edges import build_tables, pair_statistics
 
     deltas = []
     for key in sorted(k for k in a32.pairs if k[0] == "real"):
@@ -461,9 +462,9 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
     """
     from dataclasses import replace
 
-    from .models import load_model
-    from .trace.edges import Thresholds
-    from .trace.engine import AblationEngine, TracePlan
+    from ..models import load_model
+    from .edges import Thresholds
+    from .engine import AblationEngine, TracePlan
 
     cfg = config if config is not None else TraceConfig(**options)
     if dtype not in DTYPE_BYTES or dtype == "float32":
@@ -472,11 +473,11 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
     setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation,
                           out=None if run is not None else ".", config=cfg32, progress=progress)
     plan = TracePlan(setup.features, setup.targets, cfg32.null_ablation, cfg32.null_seed, cfg32.batch_size,
-                     cfg32.encode_chunk)
+                     cfg32.encode_chunk, support_active=cfg32.compat == "reference")
     idx = list(range(len(setup.cells)))
     accs, seconds = {}, {}
     for name in ("float32", dtype):
-        adapter = setup.adapter if name == "float32" else load_model(setup.info["model"], device=cfg.device, dtype=name)
+        adapter = setup.adapter if name == "float32" else load_model(setup.inputs.model, device=cfg.device, dtype=name)
         engine = AblationEngine(adapter, setup.saes, plan)
         t0 = time.perf_counter()
         accs[name] = engine.run_cells(setup.cells, idx)
