@@ -18,6 +18,8 @@ class AnalyzeConfig:
     libraries: list[str] = option(factory=lambda: ["go", "kegg", "reactome"],
                                   help="library name prefixes whose terms count for coherence (STRING/TRRUST never count)")
     q_max: float = option(0.05, "a term is significant for a feature when its q < this")
+    persistence_min_overlap: float = option(0.5, "coherence control: an edge whose ends share at least this share "
+                                                 "of top genes (overlap coefficient) is a persistent feature, tested apart")
     n_layers: int | None = option(None, "model layers for relative depth (default: inferred from SAEs, catalogs and edges)")
     gene_sets: str | None = option(None, "GMT with each domain term's genes for novel relations (default: union of top genes)")
     min_shared_genes: int = option(3, "compat novel rule: fewer than this many shared genes")
@@ -29,6 +31,7 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         check(self.n_perm >= 0, "n_perm must be >= 0")
         check(0 < self.q_max <= 1, "q_max must be in (0, 1]")
+        check(0 < self.persistence_min_overlap <= 1, "persistence_min_overlap must be in (0, 1]")
         check(self.n_layers is None or self.n_layers >= 2, "n_layers must be >= 2")
         check(0 < self.pagerank_alpha < 1, "pagerank_alpha must be in (0, 1)")
         check(self.min_shared_genes >= 1, "min_shared_genes must be >= 1")
