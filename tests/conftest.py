@@ -60,7 +60,8 @@ def pipeline(tmp_path_factory):
         extract(run, model, out / "cells.h5ad", ExtractConfig(dtype="float32", gene_column=gene_column), progress=False)
         train_saes(run, SAETrainConfig(expansion=2, k=4, epochs=2, batch_size=256), progress=False)
         annotate(run, [out / "go_bp.gmt"], AnnotateConfig(min_count=2), progress=False)
-        trace(run, config=TraceConfig(source_layers=[0, 1], n_features=3, n_cells=16, selection="frequency"),
+        trace(run, config=TraceConfig(source_layers=[0, 1], n_features=3, n_cells=16, selection="frequency",
+                                      criterion="published"),
               progress=False)
         analyze(run, AnalyzeConfig(n_perm=20))
         runs.append(run)

@@ -104,11 +104,13 @@ def test_an_option_reaches_the_config(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tr, "run_trace", fake_run_trace)
     res = CliRunner().invoke(cli.app, ["trace", "--run", str(tmp_path), "--plan", "--source-layers", "2,0,2",
-                                       "--min-frequency", "0.2", "--no-null-ablation", "--encode-chunk", "64"])
+                                       "--min-frequency", "0.2", "--no-null-ablation", "--criterion", "published",
+                                       "--encode-chunk", "64", "--null-draws", "5"])
     assert res.exit_code == 0, res.output
     cfg = seen["config"]
     assert isinstance(cfg, TraceConfig)
     assert (cfg.source_layers, cfg.min_frequency, cfg.null_ablation, cfg.encode_chunk) == ([0, 2], 0.2, False, 64)
+    assert (cfg.criterion, cfg.null_draws) == ("published", 5)
     assert cfg.n_features == TraceConfig().n_features
 
 

@@ -39,7 +39,8 @@ def test_support_only_feature_is_active_in_every_cell_under_compat(support_input
     cell, each exactly 0 (ablating a zero code changes nothing), so d = 0 / max(0, 1e-10) = 0
     and no edge (L228, L756). Default (z > 0): active in no cell."""
     common = dict(model=tiny_geneformer, data=support_inputs["cells"], saes=support_inputs["saes"],
-                  features=f"0:{DEAD},1", n_cells=6, batch_size=4, null_ablation=False, progress=False)
+                  features=f"0:{DEAD},1", n_cells=6, batch_size=4, null_ablation=False, criterion="published",
+                  progress=False)
     ref = trace(out=tmp_path / "ref", compat="reference", **common)
     ours = trace(out=tmp_path / "ours", **common)
     f_ref = ref.features[ref.features.source_feature == DEAD]

@@ -28,14 +28,14 @@ def test_engine_batches_sort_by_length_then_cut():
 
 
 def test_count_passes_by_hand():
-    # cells 0,1,2 with lengths 5,3,4; layer 0 fires 2, 0, 1 traced features; real + null jobs
-    c = count_passes(np.array([5, 3, 4]), {0: np.array([2, 0, 1])}, 3, 3, 2, 2)
+    # cells 0,1,2 with lengths 5,3,4; layer 0 fires 2, 0, 1 traced features; real jobs, and as many null jobs
+    c = count_passes(np.array([5, 3, 4]), {0: np.array([2, 0, 1])}, 3, 3, 2, {0: np.array([2, 0, 1])})
     # batches [0, 2] and [1]; batch 1 jobs lengths [5, 5, 4] x 2 kinds -> chunks [5,5] [4,5] [5,4]
     assert c.clean_forward_passes == 2 and c.clean_tokens == 2 * 5 + 1 * 3
     assert c.ablations == {0: 3} and c.ablation_forward_passes == {0: 3}
     assert c.ablated_sequences == {0: 6} and c.ablated_tokens == {0: 30}
     # blocks of one cell: three batches, ablation passes ceil(4/2) + 0 + ceil(2/2)
-    c = count_passes(np.array([5, 3, 4]), {0: np.array([2, 0, 1])}, 3, 1, 2, 2)
+    c = count_passes(np.array([5, 3, 4]), {0: np.array([2, 0, 1])}, 3, 1, 2, {0: np.array([2, 0, 1])})
     assert c.clean_forward_passes == 3 and c.ablation_forward_passes == {0: 3}
 
 
@@ -87,7 +87,7 @@ def test_compare_accumulators_identical_and_changed(inputs):
     th = Thresholds(min_cells=2)
     same = compare_accumulators(acc, acc, th)
     assert same["n_tests"] > 0 and same["max_abs_delta_d"] == 0 and same["edges_flipped"] == 0
-    moved = acc.merge(acc.empty(acc.features, acc.targets, acc.target_sizes, ("real", "null")))
+    moved = acc.merge(acc.empty(acc.features, acc.targets, acc.target_sizes, ("real", "null"), acc.null_features))
     key = sorted(k for k in moved.pairs if k[0] == "real")[0]
     moved.pairs[key].mean[:] = -moved.pairs[key].mean  # every d of one (s, t) changes sign
     diff = compare_accumulators(acc, moved, th)

@@ -20,6 +20,7 @@ def test_report_numbers_match_tables(pipeline):
     assert page.count("data:image/png;base64,") >= 3  # d distribution, SAE quality, attenuation
     for run in runs:
         edges = pd.read_parquet(run / "trace" / "edges.parquet")
+        edges = edges[edges["edge"]]  # the trace's edge set (here the published capped set)
         # the edge summary row of this run: edges, mean |d|, % d<0 computed from edges.parquet
         row = re.search(rf"<td>{run.name}</td>\s*<td>([\d.]+)</td>\s*<td>[\d.]+</td>\s*<td>([\d.]+)</td>"
                         rf"\s*<td>[\d.]+</td>\s*<td>([\d.]+)</td>", page)
@@ -28,6 +29,7 @@ def test_report_numbers_match_tables(pipeline):
         assert float(row.group(2)) == pytest.approx(edges.cohens_d.abs().mean(), abs=6e-4)
         assert float(row.group(3)) == pytest.approx(100 * (edges.cohens_d < 0).mean(), abs=0.06)
     assert "Cross-model comparison" in page
+    assert page.count("real vs null |d| of") == 2  # both runs traced with the null ablation
 
 
 def test_report_needs_a_run(tmp_path):

@@ -72,7 +72,7 @@ def test_compat_mode_matches_naive_published_loop(kind, inputs, tiny_geneformer,
 
 def test_batch_size_and_feature_order_do_not_change_results(inputs, tiny_geneformer, tmp_path):
     common = dict(model=tiny_geneformer, data=inputs["cells"], saes=inputs["ours"], n_cells=12,
-                  null_ablation=False, progress=False)
+                  null_ablation=False, criterion="published", progress=False)
     a = trace(out=tmp_path / "a", features="0:2,5,12,28;2:19,25", batch_size=7, checkpoint_every=12, **common)
     b = trace(out=tmp_path / "b", features="2:25,19;0:28,12,5,2", batch_size=1, checkpoint_every=5, **common)
     assert len(a.edges) > 10
@@ -161,7 +161,7 @@ def test_run_directory_mode_uses_annotation_labels(inputs, tiny_geneformer, tmp_
         outputs.append(f"annotation/layer{layer:02d}_catalog.parquet")
     rd.begin_stage("annotate", {})
     rd.complete_stage("annotate", outputs)
-    res = trace(tmp_path / "run", n_features=3, n_cells=8, null_ablation=False, progress=False)
+    res = trace(tmp_path / "run", n_features=3, n_cells=8, null_ablation=False, criterion="published", progress=False)
     m = rd.stage("trace")
     assert m["status"] == "complete" and m["metrics"]["source_features"] == {"0": [6, 13, 20]}  # richness 6
     assert m["metrics"]["ablations"] > 0 and m["metrics"]["clean_forward_passes"] >= 1
@@ -174,7 +174,7 @@ def test_run_directory_mode_uses_annotation_labels(inputs, tiny_geneformer, tmp_
 
 # ------------------------------------------------------------------------ errors
 def test_clear_errors(inputs, tiny_geneformer, tmp_path):
-    common = dict(model=tiny_geneformer, data=inputs["cells"], n_cells=6, progress=False, null_ablation=False)
+    common = dict(model=tiny_geneformer, data=inputs["cells"], n_cells=6, progress=False, null_ablation=False, criterion="published")
     small = write_saes(random_saes([0, 2], d_in=16), tmp_path / "small")
     with pytest.raises(InputError, match="d_in 16 but the model has d_model 32"):
         trace(saes=small, out=tmp_path / "r1", features="0:1", **common)
@@ -198,7 +198,7 @@ def test_clear_errors(inputs, tiny_geneformer, tmp_path):
 
 def test_cli_trace_and_error_exit_code(inputs, tiny_geneformer, tmp_path):
     args = ["trace", "--model", str(tiny_geneformer), "--data", str(inputs["cells"]), "--saes", str(inputs["ours"]),
-            "--out", str(tmp_path / "cli"), "--n-cells", "6", "--no-null-ablation"]
+            "--out", str(tmp_path / "cli"), "--n-cells", "6", "--no-null-ablation", "--criterion", "published"]
     from typer.testing import CliRunner
 
     from sccircuits.cli import app

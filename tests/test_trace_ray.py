@@ -13,7 +13,7 @@ from sccircuits.trace.plan import prepare_trace
 from sccircuits.rundir import RunDir
 from sccircuits.trace import Accumulators, trace
 from sccircuits.trace.engine import AblationEngine, TracePlan
-from sccircuits.trace.ray_executor import assemble_block, make_tasks, pack_cells, trace_with_ray, unpack_cells
+from sccircuits.trace.ray_executor import assemble_block, make_tasks, pack_cells, task_plan, trace_with_ray, unpack_cells
 
 OPTS = dict(n_cells=8, n_features=3, selection="frequency", checkpoint_every=3, batch_size=4)
 COUNTERS = ("n_cells", "clean_forward_passes", "ablation_forward_passes", "ablations", "null_ablations",
@@ -77,8 +77,9 @@ def test_assemble_block_from_feature_parts(inputs):
     want = full.run_cells(setup.cells, [0, 1, 2])
     parts = []
     for task in make_tasks(setup.features, 3, 3, task_features=2, split_layers=True):
-        feats = {s: setup.features[s][list(sl)] for s, sl in task.slots}
-        eng = AblationEngine(setup.adapter, setup.saes, TracePlan(feats, {s: setup.targets[s] for s in feats}, True, 0, 4, 8192))
+        plan = task_plan(setup.features, setup.targets, task.slots, full.plan.null_features, null=True, null_seed=0,
+                         batch_size=4, encode_chunk=8192)
+        eng = AblationEngine(setup.adapter, setup.saes, plan)
         parts.append((task, eng.run_cells(setup.cells, list(task.cells))))
     got = assemble_block(parts, setup.features, setup.targets, sizes, ("real", "null"))
     assert got.layout_key() == want.layout_key() and got.counters["cells"] == 3

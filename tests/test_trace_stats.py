@@ -60,7 +60,7 @@ def test_edges_thresholds_cap_and_q():
     # slot 0 (feature 7), 4 cells; targets: 0 strong negative, 1 strong positive, 2 weak, 3 all zero
     obs = {0: [[-1.0, 2.0, 0.1, 0.0], [-1.2, 2.2, -0.1, 0.0], [-0.9, 1.9, 0.05, 0.0], [-1.1, 2.1, -0.02, 0.0]]}
     acc = _acc_from(obs, 4)
-    edges, feats, null = build_tables(acc, Thresholds(min_cells=2, top_per_layer=1), "m")
+    edges, feats, null = build_tables(acc, Thresholds(min_cells=2, top_per_layer=1, criterion="published"), "m")
     assert edges["target_feature"].tolist() == [0, 1]
     assert edges["source_feature"].tolist() == [7, 7]
     x = np.array(obs[0])[:, 0]
@@ -80,11 +80,11 @@ def test_edges_thresholds_cap_and_q():
     np.testing.assert_allclose(edges["p_value"], p[:2], rtol=1e-8)
     np.testing.assert_allclose(edges["q_value"], q[:2], rtol=1e-8)
     row = feats[(feats.source_feature == 7)].iloc[0]
-    assert row.n_tests == 3 and row.n_edges == 2 and row.n_edges_in_cap == 1 and row.distance == 2
+    assert row.n_tests == 3 and row.n_edges_published == 2 and row.n_edges == row.n_edges_in_cap == 1 and row.distance == 2
     assert feats[feats.source_feature == 9].iloc[0].cells_active == 0
     # uncapped: both in the cap; stricter threshold: none
-    assert build_tables(acc, Thresholds(min_cells=2, top_per_layer=0), "m")[0]["in_cap"].all()
-    assert len(build_tables(acc, Thresholds(min_cells=5), "m")[0]) == 0  # min n
+    assert build_tables(acc, Thresholds(min_cells=2, top_per_layer=0, criterion="published"), "m")[0]["in_cap"].all()
+    assert len(build_tables(acc, Thresholds(min_cells=5, criterion="published"), "m")[0]) == 0  # min n
 
 
 def test_nonzero_consistency_option():
@@ -92,8 +92,8 @@ def test_nonzero_consistency_option():
     # count as non-positive) fails 0.7, while the nonzero consistency is 3/3 = 1 and passes
     obs = {0: [[1.0], [1.1], [0.9], [0.0], [0.0], [0.0]]}
     acc = _acc_from(obs, 1)
-    assert len(build_tables(acc, Thresholds(min_cells=2), "m")[0]) == 0
-    nz = build_tables(acc, Thresholds(min_cells=2, consistency_kind="nonzero"), "m")[0]
+    assert len(build_tables(acc, Thresholds(min_cells=2, criterion="published"), "m")[0]) == 0
+    nz = build_tables(acc, Thresholds(min_cells=2, consistency_kind="nonzero", criterion="published"), "m")[0]
     assert nz["target_feature"].tolist() == [0]
     assert nz.loc[0, "consistency"] == 0.5 and nz.loc[0, "consistency_nonzero"] == 1.0
 

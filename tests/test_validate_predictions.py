@@ -53,10 +53,15 @@ def test_default_filter_keeps_two_edge_or_strong_pairs(tmp_path):
     assert set(zip(top1["source"], top1["target"])) == {("A", "C")}
 
 
-def test_capped_vs_uncapped(tmp_path):
-    run = write_run(tmp_path / "r1", _edges(in_cap=[True, False]), TOP)
-    capped = predict_genes(run, PredictConfig(min_edges=1), progress=False)
-    assert _row(capped, "A", "C").n_edges == 1
+def test_edge_sets_trace_edges_capped_uncapped(tmp_path):
+    """Default: the trace's edge set (column 'edge'); 'capped': the published top-N set; 'uncapped':
+    the published rule without its cap. Edge 1 alone gives B->D, edge 2 alone gives B->A."""
+    run = write_run(tmp_path / "r1", _edges(in_cap=[True, False], edge=[False, True], passes_published=[True, True]), TOP)
+    chosen = predict_genes(run, PredictConfig(min_edges=1), progress=False)
+    assert _row(chosen, "A", "C").n_edges == 1 and _row(chosen, "B", "A").n_edges == 1
+    assert not ((chosen["source"] == "B") & (chosen["target"] == "D")).any()
+    capped = predict_genes(run, PredictConfig(min_edges=1, edges="capped"), progress=False)
+    assert _row(capped, "B", "D").n_edges == 1
     assert not ((capped["source"] == "B") & (capped["target"] == "A")).any()
     uncapped = predict_genes(run, PredictConfig(min_edges=1, edges="uncapped"), progress=False)
     assert _row(uncapped, "A", "C").n_edges == 2

@@ -412,8 +412,15 @@ def trace_cmd(
         print(f"shard {cfg.shard} done ({len(m['blocks'])} blocks) in {res.out / 'trace'}; "
               "run `sccircuits merge` when all shards finished")
     else:
-        print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) from {m['ablations']} ablations "
-              f"over {m['n_cells']} cells -> {res.out / 'trace' / 'edges.parquet'}")
+        print(f"{_edge_summary(m)} from {m['ablations']} ablations (+{m['null_ablations']} null) over "
+              f"{m['n_cells']} cells -> {res.out / 'trace' / 'edges.parquet'}")
+
+
+def _edge_summary(m: dict) -> str:
+    fdr = m.get("estimated_fdr")
+    return (f"{m['n_edges']} edges (criterion {m['criterion']}, estimated FDR "
+            f"{'n/a' if fdr is None else f'{fdr:.1%}'}; published rule {m['n_edges_published']}, "
+            f"{m['n_edges_in_cap']} in its cap)")
 
 
 @app.command("merge")
@@ -426,7 +433,7 @@ def merge_cmd(
 
     res = merge(shards, out=out)
     m = res.metrics
-    print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
+    print(f"{_edge_summary(m)} -> {res.out / 'trace' / 'edges.parquet'}")
 
 
 # --- scale-out: dtype check (issue 10; sccircuits.trace.plan) ---

@@ -21,6 +21,7 @@ import pandas as pd
 from .config import check, option
 from .errors import InputError
 from .rundir import RunDir, atomic_write_bytes, environment
+from .trace.edges import EDGE_COLUMN
 
 
 @dataclass
@@ -28,7 +29,8 @@ class ReportConfig:
     """Options of ``sccircuits report``."""
 
     top_circuits: int = option(25, "Number of strongest annotated edges listed as top circuits.")
-    capped: bool = option(False, "Use only the published top-N-capped edges (in_cap) in edge figures.")
+    capped: bool = option(False, "Use the published top-N-capped edges (in_cap) in edge figures instead of "
+                                 "the trace's edge set (column 'edge').")
 
     def __post_init__(self) -> None:
         check(self.top_circuits >= 0, "top_circuits must be >= 0")
@@ -252,9 +254,12 @@ def disease_section(cdir: Path) -> str:
 
 # -- tables -----------------------------------------------------------------------------------
 def _edges(r: RunData, capped: bool) -> pd.DataFrame | None:
+    """The run's edge set: column ``edge`` (or ``in_cap`` with ``capped``); every row of tables
+    written before those columns existed."""
     if r.edges is None:
         return None
-    return r.edges[r.edges.in_cap] if capped and "in_cap" in r.edges else r.edges
+    col = "in_cap" if capped else EDGE_COLUMN
+    return r.edges[r.edges[col].astype(bool)] if col in r.edges else r.edges
 
 
 def sae_quality_table(r: RunData) -> pd.DataFrame | None:
@@ -303,7 +308,38 @@ def edge_summary(r: RunData, capped: bool) -> dict | None:
             "median |d|": round(float(ad.median()), 3) if n else None,
             "% d < 0 (source supports target; paper: 'inhibitory')": round(100 * float((e.cohens_d < 0).mean()), 1) if n else None,
             "% above the null-ablation noise floor": (round(100 * float(e.above_noise_floor.mean()), 1)
-                                                      if n and "above_noise_floor" in e else None)}
+                                                      if n and "above_noise_floor" in e else None),
+            **_fdr_summary(r)}
+
+
+def _fdr_summary(r: RunData) -> dict:
+    """Criterion and estimated FDR of the trace's edges (null passes / real passes), from the manifest."""
+    m = (r.manifest["stages"].get("trace") or {}).get("metrics") or {}
+    if "estimated_fdr_published" not in m:
+        return {}
+    pct = lambda x: None if x is None else round(100 * float(x), 1)  # noqa: E731
+    return {"criterion": m.get("criterion"), "estimated FDR (%)": pct(m.get("estimated_fdr")),
+            "published rule: edges (uncapped)": m.get("n_edges_published"),
+            "published rule: estimated FDR (%)": pct(m.get("estimated_fdr_published"))}
+
+
+def figure_null_d(r: RunData) -> str | None:
+    """|d| of every real test beside |d| of every null-draw test (trace/d_distribution.parquet),
+    as densities: where the null reaches, |d| alone says nothing."""
+    h = _read_parquet(r.run.path / "trace" / "d_distribution.parquet")
+    if h is None or not len(h) or set(h.kind) != {"real", "null"}:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8), sharey=True)
+    for ax, kind, color in ((axes[0], "real", "#1f77b4"), (axes[1], "null", "#999")):
+        g = h[h.kind == kind]
+        hi = np.where(np.isfinite(g.abs_d_hi), g.abs_d_hi, g.abs_d_lo + 0.1)
+        tot = max(int(g["count"].sum()), 1)
+        ax.bar(g.abs_d_lo, g["count"] / tot / (hi - g.abs_d_lo), width=hi - g.abs_d_lo, align="edge", color=color)
+        ax.set_title(f"{kind} ablations ({tot:,} tests)", fontsize=9)
+        ax.set_xlabel("|Cohen's d|")
+    axes[0].set_ylabel("density")
+    return _fig_to_img(fig, f"real vs null |d| of {r.name}")
 
 
 def top_circuits(r: RunData, n: int, capped: bool) -> pd.DataFrame | None:
@@ -400,6 +436,13 @@ def build_report(runs: list[str | os.PathLike], compare: str | os.PathLike | Non
     summ = {r.name: edge_summary(r, cfg.capped) for r in data}
     if any(summ.values()):
         parts.append(_table(pd.DataFrame([{"run": k, **v} for k, v in summ.items() if v])))
+    nulls = [(r, img) for r in data if (img := figure_null_d(r))]
+    if nulls:
+        parts.append("<h3>Real vs null ablations</h3><p class='note'>|d| over every test of the trace: real "
+                     "ablations (left) and the data-matched null ablations (right; other active decoder "
+                     "directions, same norm per position). The default criterion keeps an edge only when "
+                     "its target moves more than under the null for that same target.</p>")
+        parts += [f"<h4>{html.escape(r.name)}</h4>{img}" for r, img in nulls]
 
     parts.append("<h2>Attenuation</h2><p class='note'>Edges per downstream distance, per source layer. "
                  "That effects live downstream is true by construction of the tracing, not a finding.</p>")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..rundir import RunDir
+from ..trace.edges import EDGE_COLUMN
 
 UNANNOTATED = "unannotated"
 
@@ -53,13 +54,16 @@ def normalize_edges(edges: pd.DataFrame) -> pd.DataFrame:
     """Edge table with the types the analyses expect.
 
     Adds ``source_label_id`` / ``target_label_id`` (the label name where the id is absent) and
-    ``source_annotated`` / ``target_annotated``; layers and features become int64, ``in_cap`` bool.
+    ``source_annotated`` / ``target_annotated``; layers and features become int64, ``in_cap`` and
+    ``edge`` (:data:`~sccircuits.trace.edges.EDGE_COLUMN`; True where absent) bool.
     """
     e = edges.copy()
     for c in ("source_layer", "source_feature", "target_layer", "target_feature"):
         e[c] = e[c].astype(np.int64)
     e["cohens_d"] = e["cohens_d"].astype(np.float64)
     e["in_cap"] = e["in_cap"].fillna(False).astype(bool) if "in_cap" in e else True
+    # tables written before the edge column existed hold only edges
+    e[EDGE_COLUMN] = e[EDGE_COLUMN].fillna(False).astype(bool) if EDGE_COLUMN in e else True
     for side in ("source", "target"):
         name = e[f"{side}_label"].fillna(UNANNOTATED).astype(str)
         e[f"{side}_label"] = name

@@ -2,9 +2,9 @@
 
 Outputs of :func:`analyze` in ``RUN/analysis/``:
 
-- ``summary.json``: for the ``all`` (uncapped) and ``capped`` (published top-N) edge sets:
-  counts, effect sizes, sign balance, coherence with its null (all edges, and without the edges
-  that carry a feature forward), hierarchy and novelty summaries;
+- ``summary.json``: for the ``all`` (the trace's edges: column ``edge``, uncapped) and ``capped``
+  (published top-N) edge sets: counts, effect sizes, sign balance, coherence with its null (all
+  edges, and without the edges that carry a feature forward), hierarchy and novelty summaries;
 - ``attenuation.parquet``, ``hubs.parquet``, ``coherence_null.parquet``, ``domain_pairs.parquet``,
   ``hierarchy.parquet``, ``novel_pairs.parquet`` (tables with an ``edge_set`` column where relevant);
 - ``circuit.graphml`` (every edge, ``in_cap`` as an edge attribute) and ``domains.graphml`` (the
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..trace.edges import EDGE_COLUMN
 from ..rundir import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_parquet, read_json
 from . import coherence as coh
 from . import consensus as cons
@@ -39,14 +40,19 @@ from .inputs import as_rundir, infer_n_layers, load_annotation_tables, load_edge
 
 
 def edge_subset(edges: pd.DataFrame, edge_set: str) -> pd.DataFrame:
-    """``all`` edges or only the ``capped`` ones (inside the published top-N cap)."""
-    return edges if edge_set == "all" else edges[edges["in_cap"]].reset_index(drop=True)
+    """``all``: the trace's edges (column :data:`~sccircuits.trace.edges.EDGE_COLUMN`, the
+    configured criterion's set, no cap); ``capped``: the published top-N capped set (``in_cap``)."""
+    return edges[edges[EDGE_COLUMN] if edge_set == "all" else edges["in_cap"]].reset_index(drop=True)
 
 
 def load_run(run: RunDir | str | Path) -> dict:
-    """Edges plus, when the annotate stage is complete, catalogs and enrichment of a run."""
+    """Edges plus, when the annotate stage is complete, catalogs and enrichment of a run.
+
+    Edge rows: the trace's edges (column ``edge``) and the published capped set (``in_cap``);
+    rows that pass neither (e.g. the published rule beyond its cap) are dropped."""
     run = as_rundir(run)
     edges = load_edges(run)
+    edges = edges[edges[EDGE_COLUMN] | edges["in_cap"]].reset_index(drop=True)
     catalogs, enrichment = (load_annotation_tables(run) if run.is_complete("annotate") else (None, None))
     return {"run": run, "edges": edges, "catalogs": catalogs, "enrichment": enrichment}
 
@@ -116,7 +122,7 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
 
     result = summarize(edges, data["enrichment"], cfg, catalogs)
     tables = result.pop("_tables")
-    pairs = cons.domain_pairs(edges)
+    pairs = cons.domain_pairs(edge_subset(edges, "all"))
     gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [catalogs])
     novel = nov.novel_relations(pairs, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
     hier_rows = []
@@ -127,7 +133,7 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
         hier_rows.append(nodes.assign(edge_set=es))
         result[es]["hierarchy"] = hs
         result[es]["n_domain_pairs"] = int(len(p))
-        nt = novel if es == "all" else novel[novel["n_edges_capped"] > 0].assign(n_edges=lambda t: t["n_edges_capped"])
+        nt = novel if es == "all" else nov.novel_relations(p, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
         result[es]["novel"] = {**nov.novel_summary(nt), "gene_sets": gs_source, "q_max": cfg.q_max,
                                "compat_min_shared_genes": cfg.min_shared_genes}
     summary = {"run": str(run.path), "models": sorted(edges["model"].astype(str).unique().tolist()),

@@ -10,6 +10,12 @@ features of layer ``t`` (mean change of the target activations over the position
 * ``mean``  (F, T)    float64  running mean
 * ``m2``    (F, T)    float64  sum of squared deviations (Welford / Chan)
 * ``pos``, ``neg``, ``zero`` (F, T) int32 sign counts of the observations
+* ``clean``   (F, T)  float64  sum over cells of the target's mean clean activation at the
+  averaged positions (the magnitude floor's unit)
+* ``size``    (F,)    float64  sum over cells of the mean ablation norm at those positions
+
+For the "null" kind the slots are the null draws of the layer (``Accumulators.null_features``:
+the template feature of each draw), not the traced features.
 
 Accumulators merge exactly with :func:`sccircuits.stats.welford_merge`. Results do not
 depend on how cells are split as long as the *fold order* is the same: the tracer always
@@ -34,6 +40,7 @@ from ..rundir import atomic_write_bytes
 from ..stats import welford_merge
 
 KINDS = ("real", "null")
+STAT_NAMES = ("n", "mean", "m2", "pos", "neg", "zero", "clean", "size")
 
 
 @dataclass
@@ -46,16 +53,22 @@ class PairStats:
     pos: np.ndarray
     neg: np.ndarray
     zero: np.ndarray
+    clean: np.ndarray
+    size: np.ndarray
 
     @classmethod
     def empty(cls, n_slots: int, n_targets: int) -> "PairStats":
         shape = (n_slots, n_targets)
         return cls(np.zeros(n_slots, np.int64), np.zeros(shape, np.float64), np.zeros(shape, np.float64),
-                   np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, np.int32))
+                   np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, np.int32),
+                   np.zeros(shape, np.float64), np.zeros(n_slots, np.float64))
 
     @classmethod
-    def from_observations(cls, slots: np.ndarray, obs: np.ndarray, n_slots: int) -> "PairStats":
-        """Statistics of observations ``obs`` (N, T) belonging to source slots ``slots`` (N,).
+    def from_observations(cls, slots: np.ndarray, obs: np.ndarray, n_slots: int, clean: np.ndarray | None = None,
+                          size: np.ndarray | None = None) -> "PairStats":
+        """Statistics of observations ``obs`` (N, T) belonging to source slots ``slots`` (N,),
+        with the cells' mean clean target activations ``clean`` (N, T) and ablation sizes
+        ``size`` (N,) (zeros when not given).
 
         Observations of one slot are taken in the order given (callers pass cell order);
         the computation is vectorised over slots (two-pass mean / M2 per slot).
@@ -80,6 +93,10 @@ class PairStats:
         out.pos[uniq] = np.add.reduceat((x > 0).astype(np.int32), starts, axis=0)
         out.neg[uniq] = np.add.reduceat((x < 0).astype(np.int32), starts, axis=0)
         out.zero[uniq] = counts[:, None] - out.pos[uniq] - out.neg[uniq]
+        if clean is not None:
+            out.clean[uniq] = np.add.reduceat(np.asarray(clean, np.float64)[order], starts, axis=0)
+        if size is not None:
+            out.size[uniq] = np.add.reduceat(np.asarray(size, np.float64)[order], starts)
         return out
 
     def merge(self, other: "PairStats") -> "PairStats":
@@ -87,7 +104,7 @@ class PairStats:
         n, mean, m2 = welford_merge(self.n[:, None], self.mean, self.m2, other.n[:, None], other.mean, other.m2)
         return PairStats((self.n + other.n).astype(np.int64), np.asarray(mean, np.float64),
                          np.asarray(m2, np.float64), self.pos + other.pos, self.neg + other.neg,
-                         self.zero + other.zero)
+                         self.zero + other.zero, self.clean + other.clean, self.size + other.size)
 
     def sd(self) -> np.ndarray:
         """Sample standard deviation (ddof 1; NaN when n < 2)."""
@@ -112,17 +129,26 @@ class Accumulators:
     """Source layer -> cells where each slot's feature fired (int64, (F,))."""
     counters: dict[str, int] = field(default_factory=dict)
     """Work done: forward passes, ablations, cells (int)."""
+    null_features: dict[int, np.ndarray] = field(default_factory=dict)
+    """Source layer -> template feature of each null draw (the null kind's slots)."""
 
     @classmethod
     def empty(cls, features: dict[int, np.ndarray], targets: dict[int, list[int]],
-              target_sizes: dict[int, int], kinds: tuple[str, ...] = ("real",)) -> "Accumulators":
+              target_sizes: dict[int, int], kinds: tuple[str, ...] = ("real",),
+              null_features: dict[int, np.ndarray] | None = None) -> "Accumulators":
+        """Zero statistics; the null kind has one slot per null draw (``null_features``; by
+        default one per traced feature)."""
         acc = cls({s: np.asarray(f, np.int64) for s, f in features.items()},
                   {s: list(t) for s, t in targets.items()}, dict(target_sizes))
+        if "null" in kinds:
+            nf = null_features if null_features is not None else features
+            acc.null_features = {s: np.asarray(nf.get(s, ()), np.int64) for s in acc.features}
         for s, ts in acc.targets.items():
             acc.active[s] = np.zeros(len(acc.features[s]), np.int64)
             for t in ts:
                 for kind in kinds:
-                    acc.pairs[(kind, s, t)] = PairStats.empty(len(acc.features[s]), target_sizes[t])
+                    n = len(acc.features[s]) if kind == "real" else len(acc.null_features[s])
+                    acc.pairs[(kind, s, t)] = PairStats.empty(n, target_sizes[t])
         return acc
 
     def kinds(self) -> list[str]:
@@ -132,14 +158,15 @@ class Accumulators:
         """What must agree between accumulators that are merged."""
         return (tuple((s, tuple(self.features[s].tolist())) for s in sorted(self.features)),
                 tuple((s, tuple(self.targets[s])) for s in sorted(self.targets)),
-                tuple(sorted(self.target_sizes.items())), tuple(sorted(self.pairs)))
+                tuple(sorted(self.target_sizes.items())), tuple(sorted(self.pairs)),
+                tuple((s, tuple(self.null_features[s].tolist())) for s in sorted(self.null_features)))
 
     def merge(self, other: "Accumulators") -> "Accumulators":
         """Exact merge (self's cells first). Both must trace the same features and layers."""
         if self.layout_key() != other.layout_key():
             raise InputError(None, "cannot merge trace accumulators of different features, layers or "
                                    "null settings")
-        out = Accumulators(self.features, self.targets, self.target_sizes)
+        out = Accumulators(self.features, self.targets, self.target_sizes, null_features=self.null_features)
         out.pairs = {k: self.pairs[k].merge(other.pairs[k]) for k in self.pairs}
         out.active = {s: self.active[s] + other.active[s] for s in self.active}
         out.counters = {k: self.counters.get(k, 0) + other.counters.get(k, 0)
@@ -153,10 +180,12 @@ class Accumulators:
             arrays[f"features_s{s}"] = self.features[s]
             arrays[f"targets_s{s}"] = np.asarray(self.targets[s], np.int64)
             arrays[f"active_s{s}"] = self.active[s]
+            if s in self.null_features:
+                arrays[f"nullfeatures_s{s}"] = self.null_features[s]
         for t, size in self.target_sizes.items():
             arrays[f"size_t{t}"] = np.asarray(size, np.int64)
         for (kind, s, t), ps in self.pairs.items():
-            for name in ("n", "mean", "m2", "pos", "neg", "zero"):
+            for name in STAT_NAMES:
                 arrays[f"{kind}_s{s}_t{t}_{name}"] = getattr(ps, name)
         for k, v in self.counters.items():
             arrays[f"counter_{k}"] = np.asarray(v, np.int64)
@@ -170,13 +199,17 @@ class Accumulators:
         sizes = {int(k[len("size_t"):]): int(arrays[k]) for k in keys if k.startswith("size_t")}
         acc = cls(features, targets, sizes)
         acc.active = {s: np.asarray(arrays[f"active_s{s}"], np.int64) for s in features}
+        acc.null_features = {s: np.asarray(arrays[f"nullfeatures_s{s}"], np.int64) for s in features
+                             if f"nullfeatures_s{s}" in arrays}
         for k in keys:
             if k.endswith("_n") and k.split("_")[0] in KINDS:
                 kind, s, t, _ = k.split("_")
                 s, t = int(s[1:]), int(t[1:])
                 pre = f"{kind}_s{s}_t{t}_"
-                acc.pairs[(kind, s, t)] = PairStats(*(np.asarray(arrays[pre + n]) for n in
-                                                      ("n", "mean", "m2", "pos", "neg", "zero")))
+                if pre + "size" not in arrays:
+                    raise InputError(None, "trace statistics written by an older sccircuits (no null sizes); "
+                                           "trace again into a new run directory")
+                acc.pairs[(kind, s, t)] = PairStats(*(np.asarray(arrays[pre + n]) for n in STAT_NAMES))
             elif k.startswith("counter_"):
                 acc.counters[k[len("counter_"):]] = int(arrays[k])
         return acc

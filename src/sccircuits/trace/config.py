@@ -8,14 +8,27 @@ from ..config import apply_compat, check, compat_option, option, parse_feature_s
 from ..errors import ConfigError
 
 SELECTIONS = ("richness", "frequency", "random")
+CRITERIA = ("null", "published")
 
 
 @dataclass
 class TraceConfig:
     """Options of ``sccircuits trace``. ``compat="reference"`` reproduces the published
     algorithm: reference tokenization, fp32, the published thresholds, cap and consistency
-    definition, no q filter and a minimum of 2 cells per test. Compat supplies these as
-    defaults; an explicit value that contradicts it is an error (:func:`~sccircuits.config.apply_compat`)."""
+    definition, no q filter, a minimum of 2 cells per test and the published edge set
+    (``criterion="published"``: the capped ``in_cap`` edges). Compat supplies these as
+    defaults; an explicit value that contradicts it is an error (:func:`~sccircuits.config.apply_compat`).
+
+    Two edge criteria are always computed (columns of edges.parquet); ``criterion`` picks the
+    one downstream stages read (column ``edge``):
+
+    * ``null`` (default): p against a data-matched null ablation with a per-target null, BH
+      across the run (``fdr``), a magnitude floor relative to the target's clean activation
+      (``min_rel_change``), the sign-symmetric (nonzero) consistency, at least ``min_cells``
+      informative cells, no cap (docs/planted-circuits.md);
+    * ``published``: |d| > ``d_threshold``, consistency (``consistency_kind``) >
+      ``consistency_threshold``, then the top ``top_per_layer`` per (source feature, target layer).
+    """
 
     source_layers: list[int] | None = option(None, "source layers to ablate, e.g. 0,5,11 (default: every SAE layer with a later SAE)")
     n_features: int = option(30, "source features per layer chosen by --selection")
@@ -43,8 +56,13 @@ class TraceConfig:
     min_cells: int | None = compat_option(3, 2, "minimum cells where the source fires for a test")
     max_q: float | None = option(None, "also require BH q <= this (default: no q filter; none with --compat reference)")
     top_per_layer: int | None = compat_option(50, 50, "published cap: top N edges by |d| per (source feature, target layer); 0 = uncapped")
-    null_ablation: bool = option(True, "also ablate a random direction of equal norm (noise floor)")
-    null_seed: int = option(0, "seed of the null directions")
+    criterion: str | None = compat_option("null", "published", "edge set downstream stages use (column 'edge'): null (null p-value + BH, magnitude floor, nonzero consistency, no cap) or published (|d|, consistency, cap)")
+    fdr: float = option(0.05, "criterion null: BH level of the null p-values over every test of the run")
+    min_rel_change: float = option(0.05, "criterion null: |mean change beyond the null| / the target's clean activation must be >= this")
+    null_ablation: bool = option(True, "also run the null ablations (data-matched directions, norm-matched per position); needed by criterion null")
+    null_draws: int = option(16, "null pseudo-sources per source layer (at most --null-budget x the traced features of the layer)")
+    null_budget: float = option(0.5, "null ablations at most this fraction of the real ones (expected): the trace costs <= 1 + this in forward passes")
+    null_seed: int = option(0, "seed of the null templates and directions")
     model_name: str | None = option(None, "value of the 'model' column (default: the model kind)")
 
     def __post_init__(self) -> None:
@@ -67,6 +85,13 @@ class TraceConfig:
         check(self.d_threshold >= 0, "d_threshold must be >= 0")
         check(self.max_q is None or 0 < self.max_q <= 1, "max_q must be in (0, 1]")
         check(not (self.features and self.all_active), "give either features or all_active, not both")
+        check(self.criterion in CRITERIA, f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        check(0 < self.fdr < 1, "fdr must be in (0, 1)")
+        check(self.min_rel_change >= 0, "min_rel_change must be >= 0")
+        check(self.null_draws >= 3, "null_draws must be >= 3 (the per-target null needs a spread)")
+        check(0 < self.null_budget <= 1, "null_budget must be in (0, 1]")
+        check(self.null_ablation or self.criterion != "null",
+              "criterion 'null' needs the null ablations: drop --no-null-ablation or use --criterion published")
         self.source_layers = parse_layers(self.source_layers, "source_layers")
         if self.features:
             parse_feature_spec(self.features)  # syntax check: a bad spec fails before any work

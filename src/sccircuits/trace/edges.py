@@ -13,9 +13,26 @@ cells where f fired:
 * ``p_value``: two-sided paired t-test; ``q_value``: Benjamini-Hochberg over every test of the
   run (every (s, f, t, g) with n >= min_cells and sd > 0)
 
-An edge passes |d| > d_threshold, consistency > consistency_threshold, n >= min_cells (and
-q <= max_q when set). ``in_cap`` marks the top ``top_per_layer`` edges by |d| per
-(source feature, target layer) (ties broken by target feature id).
+Two criteria, both always computed (``passes_published``, ``passes_null``); the configured one
+is the column :data:`EDGE_COLUMN` that every downstream stage reads:
+
+* published: |d| > d_threshold, consistency > consistency_threshold, n >= min_cells (and
+  q <= max_q when set); ``in_cap`` marks the top ``top_per_layer`` of those by |d| per
+  (source feature, target layer) (ties broken by target feature id). The published edge set is
+  the capped one (``edge = in_cap``).
+* null (default; docs/planted-circuits.md): the effect per unit ablation norm
+  ``r = mean_delta / size`` is compared with the same quantity of the layer's null draws *for
+  the same target*: ``null_z = (r - m_g) / s_g`` (location m_g and spread s_g of the K null
+  draws, spread shrunk towards the layer pair's median); ``p_null`` is its two-sided p against
+  the empirical null of the run: the leave-one-out z of every null draw, summarised as a
+  t distribution widened to cover the draws' own quantiles (:func:`null_scale`; a pure rank p
+  from a few hundred draws could not reach BH thresholds); ``q_null`` BH over every test of the run. An edge has q_null <= fdr, ``rel_change`` = |mean_delta - m_g size| / (the target's
+  mean clean activation at the averaged positions) >= min_rel_change, nonzero consistency >
+  consistency_threshold, at least min_cells cells with a nonzero change, and the change beyond
+  the null has the sign of the mean change. No cap.
+
+The estimated FDR of a criterion is (null draws passing it, scaled to the number of real tests)
+/ (real tests passing it), per layer pair and summed over the run (:func:`null_floor`).
 """
 
 from __future__ import annotations
@@ -25,13 +42,33 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+from scipy import stats as _st
+
 from ..stats import bh_fdr, paired_d, paired_t_p
 from .accumulators import Accumulators, PairStats
+
+EDGE_COLUMN = "edge"
+"""The column of edges.parquet that marks the edges every downstream stage uses (analyze,
+compare, predict, report): the configured criterion's edges (``TraceConfig.criterion``)."""
 
 EDGE_COLUMNS = ["model", "source_layer", "source_feature", "source_label", "source_label_id",
                 "target_layer", "target_feature", "target_label", "target_label_id", "n_cells",
                 "mean_delta", "sd_delta", "cohens_d", "consistency", "consistency_nonzero",
-                "p_value", "q_value", "in_cap", "above_noise_floor"]
+                "p_value", "q_value", "effect", "rel_change", "null_z", "p_null", "q_null",
+                "passes_published", "in_cap", "passes_null", "above_noise_floor", EDGE_COLUMN]
+
+NULL_PRIOR_DF = 4.0
+"""Weight (degrees of freedom) of the layer pair's median null variance in each target's
+null spread (shrinkage: with K draws a target's own spread has K - 1)."""
+
+SCALE_FLOOR = 0.1
+"""Smallest target scale of the magnitude floor, as a fraction of the median target's clean
+activation in the layer pair."""
+
+NULL_COLUMNS = ["source_layer", "target_layer", "n_tests", "n_null_draws", "n_null_tests", "abs_d_q95",
+                "abs_d_q99", "abs_d_max", "n_null_passing", "frac_null_passing", "n_real_passing",
+                "expected_false_published", "n_null_passing_null", "n_real_passing_null", "expected_false_null"]
 
 
 @dataclass
@@ -44,11 +81,14 @@ class Thresholds:
     min_cells: int = 3
     max_q: float | None = None
     top_per_layer: int = 50
+    criterion: str = "null"
+    fdr: float = 0.05
+    min_rel_change: float = 0.05
 
     @classmethod
     def from_config(cls, cfg) -> "Thresholds":
         return cls(cfg.d_threshold, cfg.consistency_threshold, cfg.consistency_kind, cfg.min_cells,
-                   cfg.max_q, cfg.top_per_layer)
+                   cfg.max_q, cfg.top_per_layer, cfg.criterion, cfg.fdr, cfg.min_rel_change)
 
 
 def consistency(pos: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -77,16 +117,235 @@ def pair_statistics(ps: PairStats, min_cells: int) -> dict[str, np.ndarray]:
     valid = (n >= min_cells) & np.isfinite(d)
     return {"n": n, "mean": ps.mean, "sd": sd, "d": np.where(valid, d, np.nan),
             "p": np.where(valid, p, np.nan), "consistency": consistency(ps.pos, n),
-            "consistency_nonzero": consistency_nonzero(ps.pos, ps.neg, ps.mean), "valid": valid}
+            "consistency_nonzero": consistency_nonzero(ps.pos, ps.neg, ps.mean), "valid": valid,
+            "informative": ps.pos.astype(np.int64) + ps.neg}
 
 
 def _passes(st: dict[str, np.ndarray], q: np.ndarray, th: Thresholds) -> np.ndarray:
+    """The published rule (uncapped)."""
     cons = st["consistency"] if th.consistency_kind == "reference" else st["consistency_nonzero"]
     with np.errstate(invalid="ignore"):
         ok = st["valid"] & (np.abs(st["d"]) > th.d_threshold) & (np.nan_to_num(cons, nan=0.0) > th.consistency_threshold)
         if th.max_q is not None:
             ok &= np.nan_to_num(q, nan=1.0) <= th.max_q
     return ok
+
+
+# ----------------------------------------------------------------------------- the null criterion
+def _per_unit(ps: PairStats) -> tuple[np.ndarray, np.ndarray]:
+    """(mean change per unit ablation norm (slots, T), mean ablation norm (slots,)); NaN where n = 0."""
+    n = ps.n.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        size = np.where(n > 0, ps.size / n, np.nan)
+        return ps.mean / size[:, None], size
+
+
+def _shrunk_var(v: np.ndarray, df: np.ndarray | float, prior: float) -> np.ndarray:
+    return (df * v + NULL_PRIOR_DF * prior) / (df + NULL_PRIOR_DF)
+
+
+def null_z(real: PairStats, null: PairStats, min_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-target null comparison of one (source layer, target layer) block.
+
+    Returns ``(z, z_null, m, size)``: z (F, T) of each real test against its target's null
+    draws, leave-one-out z (K, T) of each null draw against the other draws (NaN where a draw
+    has fewer than ``min_cells`` cells), the null location per target m (T,) in change per unit
+    norm, and the real tests' mean ablation norm (F,). Both z are scaled to unit variance under
+    the null (factor sqrt(1 + 1/K))."""
+    r, size = _per_unit(real)
+    rn, _ = _per_unit(null)
+    ok = null.n >= max(min_cells, 2)
+    x = rn[ok]
+    K, T = x.shape
+    nan = np.full((len(null.n), T), np.nan)
+    if K < 3:
+        return np.full(r.shape, np.nan), nan, np.full(T, np.nan), size
+    m = x.mean(0)
+    v = x.var(0, ddof=1)
+    pos = v[v > 0]
+    prior = float(np.median(pos)) if pos.size else 0.0
+    s2 = _shrunk_var(v, K - 1, prior)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (r - m) / np.sqrt(s2 * (1 + 1 / K))
+        # leave-one-out: each draw against the K - 1 others
+        tot, tot2 = x.sum(0), (x ** 2).sum(0)
+        m_o = (tot - x) / (K - 1)
+        v_o = np.maximum((tot2 - x ** 2 - (K - 1) * m_o ** 2) / (K - 2), 0.0)
+        zn = (x - m_o) / np.sqrt(_shrunk_var(v_o, K - 2, prior) * (1 + 1 / (K - 1)))
+    z = np.where(np.isfinite(z), z, np.nan)
+    nan[ok] = np.where(np.isfinite(zn), zn, np.nan)
+    return z, nan, m, size
+
+
+def null_scale(null_abs: np.ndarray, df: float) -> float:
+    """Scale c >= 1 of the empirical null: the largest ratio, at the 50th, 75th and 90th
+    percentiles, of the null draws' |z| to the |t_df| distribution (so p never undercuts what
+    the null draws themselves show)."""
+    if null_abs.size < 10:
+        return np.nan
+    qs = np.array([0.5, 0.75, 0.9])
+    return float(max(1.0, np.max(np.quantile(null_abs, qs) / _st.t.ppf((1 + qs) / 2, df))))
+
+
+def null_p(z: np.ndarray, scale: float, df: float) -> np.ndarray:
+    """Two-sided p of z against the empirical null ``scale * t_df`` (NaN where z is NaN)."""
+    z = np.asarray(z, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(z), 2 * _st.t.sf(np.abs(z) / scale, df), np.nan)
+
+
+def _rel_change(effect: np.ndarray, ps: PairStats) -> np.ndarray:
+    """|effect| / the target's clean activation: its mean at the averaged positions, but never
+    less than its mean over every test of the block, nor than :data:`SCALE_FLOOR` x the median
+    of those means over the block's targets (a target nearly off where the source fires, or
+    almost everywhere, would turn a negligible change into a large ratio); inf where no target
+    of the block ever fired."""
+    n = ps.n.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clean = ps.clean / n[:, None]
+        pooled = ps.clean.sum(0) / max(n.sum(), 1.0)
+        floor = SCALE_FLOOR * float(np.median(pooled)) if pooled.size else 0.0
+        denom = np.maximum(np.maximum(np.nan_to_num(clean, nan=0.0), pooled[None, :]), floor)
+        return np.where(denom > 0, np.abs(effect) / denom, np.where(effect != 0, np.inf, 0.0))
+
+
+def _passes_null_rule(st: dict, effect: np.ndarray, rel: np.ndarray, p: np.ndarray, p_cut: float,
+                      th: Thresholds) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (st["valid"] & (np.nan_to_num(p, nan=2.0) <= p_cut) & (rel >= th.min_rel_change)
+                & (np.nan_to_num(st["consistency_nonzero"], nan=0.0) > th.consistency_threshold)
+                & (st["informative"] >= th.min_cells) & (np.sign(effect) == np.sign(st["mean"])))
+
+
+@dataclass
+class _Block:
+    """Every statistic of one (source layer, target layer) block of a run."""
+
+    st: dict
+    q: np.ndarray
+    published: np.ndarray
+    z: np.ndarray | None = None
+    p_null: np.ndarray | None = None
+    q_null: np.ndarray | None = None
+    null_p: np.ndarray | None = None
+    effect: np.ndarray | None = None
+    rel: np.ndarray | None = None
+    null_st: dict | None = None
+    null_z: np.ndarray | None = None
+    null_effect: np.ndarray | None = None
+    null_rel: np.ndarray | None = None
+
+
+def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
+    """Statistics of every (s, t) block, BH q (t-test and null), and the null rule's p cut-off."""
+    keys = sorted(k for k in acc.pairs if k[0] == "real")
+    blocks = {}
+    for k in keys:
+        st = pair_statistics(acc.pairs[k], th.min_cells)
+        blocks[k[1:]] = _Block(st, None, None)
+    # BH over every test of the run
+    flat = np.concatenate([b.st["p"].ravel() for b in blocks.values()]) if blocks else np.zeros(0)
+    _split(blocks, bh_fdr(flat), "q")
+    for b in blocks.values():
+        b.published = _passes(b.st, b.q, th)
+    # the null criterion
+    have_null = all(("null", s, t) in acc.pairs for s, t in blocks)
+    if not have_null or not blocks:
+        return blocks, 0.0
+    for (s, t), b in blocks.items():
+        real, null = acc.pairs[("real", s, t)], acc.pairs[("null", s, t)]
+        b.z, b.null_z, m, size = null_z(real, null, th.min_cells)
+        b.effect = real.mean - m[None, :] * size[:, None]
+        b.rel = _rel_change(b.effect, real)
+        b.null_st = pair_statistics(null, th.min_cells)
+        _, nsize = _per_unit(null)
+        b.null_effect = null.mean - m[None, :] * nsize[:, None]
+        b.null_rel = _rel_change(b.null_effect, null)
+        b.z = np.where(b.st["valid"], b.z, np.nan)
+    null_abs = np.concatenate([np.abs(b.null_z[np.isfinite(b.null_z)]) for b in blocks.values()])
+    df = _null_df(acc)
+    scale = null_scale(null_abs, df)
+    for b in blocks.values():
+        b.p_null = null_p(b.z, scale, df)
+        b.null_p = null_p(b.null_z, scale, df)
+    flat = np.concatenate([b.p_null.ravel() for b in blocks.values()])
+    q = bh_fdr(flat)
+    _split(blocks, q, "q_null")
+    with np.errstate(invalid="ignore"):
+        rejected = flat[np.nan_to_num(q, nan=2.0) <= th.fdr]
+    return blocks, float(rejected.max()) if rejected.size else 0.0
+
+
+def _null_df(acc: Accumulators) -> float:
+    """Degrees of freedom of the leave-one-out null z: (K - 2) of the other draws plus the prior's,
+    with K the smallest number of null draws of a source layer."""
+    ks = [len(f) for f in acc.null_features.values() if len(f) >= 3]
+    return float(min(ks) - 2 + NULL_PRIOR_DF) if ks else np.nan
+
+
+def _split(blocks: dict, flat: np.ndarray, name: str) -> None:
+    off = 0
+    for b in blocks.values():
+        size = b.st["p"].size
+        setattr(b, name, flat[off:off + size].reshape(b.st["p"].shape))
+        off += size
+
+
+def null_floor(acc: Accumulators, th: Thresholds, blocks: dict | None = None, p_cut: float | None = None) -> pd.DataFrame:
+    """Per (source layer, target layer): |d| quantiles of the null draws' tests, and for each
+    criterion how many null tests and real tests pass it, with the expected number of false
+    real passes (null passes x real tests / null tests). Their sums over the run give the
+    estimated FDR of each criterion (:func:`estimated_fdr`)."""
+    if blocks is None:
+        blocks, p_cut = _blocks(acc, th)
+    rows = []
+    for (s, t), b in sorted(blocks.items()):
+        if ("null", s, t) not in acc.pairs:
+            continue
+        nst = b.null_st if b.null_st is not None else pair_statistics(acc.pairs[("null", s, t)], th.min_cells)
+        a = np.abs(nst["d"][nst["valid"]])
+        n_real = int(b.st["valid"].sum())
+        passing = int(_passes(nst, bh_fdr(nst["p"]) if th.max_q is not None else np.full(nst["d"].shape, np.nan), th).sum())
+        ratio = n_real / a.size if a.size else np.nan
+        row = {"source_layer": s, "target_layer": t, "n_tests": n_real, "n_null_draws": len(acc.pairs[("null", s, t)].n),
+               "n_null_tests": int(a.size),
+               "abs_d_q95": float(np.quantile(a, 0.95)) if a.size else np.nan,
+               "abs_d_q99": float(np.quantile(a, 0.99)) if a.size else np.nan,
+               "abs_d_max": float(a.max()) if a.size else np.nan,
+               "n_null_passing": passing, "frac_null_passing": passing / a.size if a.size else np.nan,
+               "n_real_passing": int(b.published.sum()), "expected_false_published": passing * ratio,
+               "n_null_passing_null": 0, "n_real_passing_null": 0, "expected_false_null": np.nan}
+        if b.z is not None:
+            nst = dict(nst, valid=nst["valid"] & np.isfinite(b.null_z))
+            n_np = int(_passes_null_rule(nst, b.null_effect, b.null_rel, b.null_p, p_cut, th).sum())
+            real_np = int(_passes_null_rule(b.st, b.effect, b.rel, b.p_null, p_cut, th).sum())
+            row.update(n_null_passing_null=n_np, n_real_passing_null=real_np, expected_false_null=n_np * ratio)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=NULL_COLUMNS)
+
+
+def estimated_fdr(null: pd.DataFrame) -> dict[str, float | None]:
+    """Estimated FDR of each criterion over the run: expected false passes / real passes."""
+    out = {}
+    for name, exp, real in (("published", "expected_false_published", "n_real_passing"),
+                            ("null", "expected_false_null", "n_real_passing_null")):
+        e, r = null[exp].sum(min_count=1) if len(null) else np.nan, null[real].sum() if len(null) else 0
+        out[name] = None if not np.isfinite(e) else (float(min(e / r, 1.0)) if r else (0.0 if e == 0 else 1.0))
+    return out
+
+
+def d_distribution(acc: Accumulators, th: Thresholds, bins: np.ndarray | None = None) -> pd.DataFrame:
+    """Histogram of |d| over every valid test, real and null (for the report's side-by-side figure)."""
+    bins = np.concatenate([np.linspace(0, 5, 51), [np.inf]]) if bins is None else bins
+    rows = []
+    for kind in acc.kinds():
+        vals = [np.abs(st["d"][st["valid"]]) for st in (pair_statistics(ps, th.min_cells)
+                                                         for (k, _, _), ps in sorted(acc.pairs.items()) if k == kind)]
+        a = np.concatenate(vals) if vals else np.zeros(0)
+        counts, _ = np.histogram(a, bins=bins)
+        rows += [{"kind": kind, "abs_d_lo": float(lo), "abs_d_hi": float(hi), "count": int(c)}
+                 for lo, hi, c in zip(bins[:-1], bins[1:], counts)]
+    return pd.DataFrame(rows, columns=["kind", "abs_d_lo", "abs_d_hi", "count"])
 
 
 def _label_maps(catalogs: dict[int, pd.DataFrame] | None, prefix: str = "label") -> dict[int, tuple[dict, dict]]:
@@ -110,59 +369,39 @@ def _labels(maps, layer: int, feats: np.ndarray) -> tuple[list[str], list[str]]:
     return ([names.get(int(f), "unannotated") for f in feats], [ids.get(int(f), "") for f in feats])
 
 
-def null_floor(acc: Accumulators, th: Thresholds) -> pd.DataFrame:
-    """Noise floor per (source layer, target layer) from the null (random-direction) ablation:
-    quantiles of |d_null| over every valid null test, and how many null tests would pass the
-    edge thresholds (a direct false-edge count)."""
-    rows = []
-    for (kind, s, t), ps in sorted(acc.pairs.items()):
-        if kind != "null":
-            continue
-        st = pair_statistics(ps, th.min_cells)
-        a = np.abs(st["d"][st["valid"]])
-        passing = int(_passes(st, np.full(st["d"].shape, np.nan) if th.max_q is None else bh_fdr(st["p"]), th).sum())
-        rows.append({"source_layer": s, "target_layer": t, "n_tests": int(a.size),
-                     "abs_d_q95": float(np.quantile(a, 0.95)) if a.size else np.nan,
-                     "abs_d_q99": float(np.quantile(a, 0.99)) if a.size else np.nan,
-                     "abs_d_max": float(a.max()) if a.size else np.nan,
-                     "n_null_passing": passing,
-                     "frac_null_passing": passing / a.size if a.size else np.nan})
-    return pd.DataFrame(rows, columns=["source_layer", "target_layer", "n_tests", "abs_d_q95", "abs_d_q99",
-                                       "abs_d_max", "n_null_passing", "frac_null_passing"])
-
-
 def build_tables(acc: Accumulators, th: Thresholds, model: str,
                  catalogs: dict[int, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(edges, features, null) tables of a finished trace."""
-    keys = sorted(k for k in acc.pairs if k[0] == "real")
-    stats = {k: pair_statistics(acc.pairs[k], th.min_cells) for k in keys}
-    # BH over every test of the run
-    flat = np.concatenate([stats[k]["p"].ravel() for k in keys]) if keys else np.zeros(0)
-    q_flat = bh_fdr(flat)
-    qs, off = {}, 0
-    for k in keys:
-        size = stats[k]["p"].size
-        qs[k] = q_flat[off:off + size].reshape(stats[k]["p"].shape)
-        off += size
-    null = null_floor(acc, th)
+    """(edges, features, null) tables of a finished trace. Edge rows: every test passing
+    either criterion; column :data:`EDGE_COLUMN` marks the configured criterion's edges."""
+    blocks, p_cut = _blocks(acc, th)
+    if th.criterion == "null" and any(b.z is None for b in blocks.values()):
+        raise InputError(None, "criterion 'null' needs the null ablations, which this trace did not run "
+                               "(trace with the null ablation, or use --criterion published)")
+    null = null_floor(acc, th, blocks, p_cut)
     floor = {(r.source_layer, r.target_layer): r.abs_d_q99 for r in null.itertuples()}
     maps, src_maps = _label_maps(catalogs), _label_maps(catalogs, "source_label")
+    nan = lambda b, x: np.full(b.st["d"].shape, np.nan) if x is None else x  # noqa: E731
 
     edge_parts, feat_rows = [], []
-    for k in keys:
-        _, s, t = k
-        st, q = stats[k], qs[k]
-        ok = _passes(st, q, th)
-        slot, g = np.nonzero(ok)
+    for (s, t), b in sorted(blocks.items()):
+        st, q = b.st, b.q
+        null_ok = (_passes_null_rule(st, b.effect, b.rel, b.p_null, p_cut, th) if b.z is not None
+                   else np.zeros(st["d"].shape, bool))
+        slot, g = np.nonzero(b.published | null_ok)
         feats = acc.features[s]
         d = st["d"][slot, g]
-        # cap: rank by |d| within each source feature (ties: lower target feature first)
-        order = np.lexsort((g, -np.abs(d), slot))
+        pub = b.published[slot, g]
+        # cap among the published rule's edges: rank by |d| within each source feature (ties: lower target first)
+        in_cap = np.zeros(len(slot), bool)
+        ps_, pg = slot[pub], g[pub]
+        pd_ = d[pub]
+        order = np.lexsort((pg, -np.abs(pd_), ps_))
         rank = np.empty(len(order), np.int64)
-        starts = np.r_[0, np.flatnonzero(np.diff(slot[order])) + 1] if len(order) else np.zeros(0, np.int64)
+        starts = np.r_[0, np.flatnonzero(np.diff(ps_[order])) + 1] if len(order) else np.zeros(0, np.int64)
         seg_start = np.repeat(starts, np.diff(np.r_[starts, len(order)])) if len(order) else np.zeros(0, np.int64)
         rank[order] = np.arange(len(order)) - seg_start
-        in_cap = rank < th.top_per_layer if th.top_per_layer > 0 else np.ones(len(rank), bool)
+        in_cap[pub] = rank < th.top_per_layer if th.top_per_layer > 0 else True
+        passes_null = null_ok[slot, g]
         src_names, src_ids = _labels(src_maps, s, feats[slot])
         tgt_names, tgt_ids = _labels(maps, t, g)
         fl = floor.get((s, t), np.nan)
@@ -173,25 +412,35 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
             "target_label": tgt_names, "target_label_id": tgt_ids, "n_cells": st["n"][slot, g].astype(np.int64),
             "mean_delta": st["mean"][slot, g], "sd_delta": st["sd"][slot, g], "cohens_d": d,
             "consistency": st["consistency"][slot, g], "consistency_nonzero": st["consistency_nonzero"][slot, g],
-            "p_value": st["p"][slot, g], "q_value": q[slot, g], "in_cap": in_cap,
-            "above_noise_floor": np.abs(d) > fl if np.isfinite(fl) else np.zeros(len(d), bool)}))
+            "p_value": st["p"][slot, g], "q_value": q[slot, g], "effect": nan(b, b.effect)[slot, g],
+            "rel_change": nan(b, b.rel)[slot, g], "null_z": nan(b, b.z)[slot, g],
+            "p_null": nan(b, b.p_null)[slot, g], "q_null": nan(b, b.q_null)[slot, g],
+            "passes_published": pub, "in_cap": in_cap, "passes_null": passes_null,
+            "above_noise_floor": np.abs(d) > fl if np.isfinite(fl) else np.zeros(len(d), bool),
+            EDGE_COLUMN: passes_null if th.criterion == "null" else in_cap}))
         names, ids = _labels(src_maps, s, feats)
-        n_edges = np.bincount(slot, minlength=len(feats))
+        chosen = passes_null if th.criterion == "null" else in_cap
+        cs = slot[chosen]
+        n_edges = np.bincount(cs, minlength=len(feats))
+        n_pub = np.bincount(slot[pub], minlength=len(feats))
         n_cap = np.bincount(slot[in_cap], minlength=len(feats))
-        abs_sum = np.bincount(slot, weights=np.abs(d), minlength=len(feats))
+        abs_sum = np.bincount(cs, weights=np.abs(d[chosen]), minlength=len(feats))
         abs_max = np.zeros(len(feats))
-        np.maximum.at(abs_max, slot, np.abs(d))
+        np.maximum.at(abs_max, cs, np.abs(d[chosen]))
         for i, f in enumerate(feats):
             feat_rows.append({"model": model, "source_layer": s, "source_feature": int(f), "source_label": names[i],
                               "source_label_id": ids[i], "cells_active": int(acc.active[s][i]), "target_layer": t,
                               "distance": t - s, "n_tests": int(st["valid"][i].sum()), "n_edges": int(n_edges[i]),
-                              "n_edges_in_cap": int(n_cap[i]),
+                              "n_edges_published": int(n_pub[i]), "n_edges_in_cap": int(n_cap[i]),
                               "mean_abs_d": abs_sum[i] / n_edges[i] if n_edges[i] else np.nan,
                               "max_abs_d": abs_max[i] if n_edges[i] else np.nan})
     edges = (pd.concat(edge_parts, ignore_index=True) if edge_parts else pd.DataFrame(columns=EDGE_COLUMNS))[EDGE_COLUMNS]
+    for col in ("passes_published", "in_cap", "passes_null", "above_noise_floor", EDGE_COLUMN):
+        edges[col] = edges[col].astype(bool)
     edges = edges.sort_values(["source_layer", "source_feature", "target_layer", "target_feature"], kind="stable",
                               ignore_index=True)
     features = pd.DataFrame(feat_rows, columns=["model", "source_layer", "source_feature", "source_label",
                                                 "source_label_id", "cells_active", "target_layer", "distance",
-                                                "n_tests", "n_edges", "n_edges_in_cap", "mean_abs_d", "max_abs_d"])
+                                                "n_tests", "n_edges", "n_edges_published", "n_edges_in_cap",
+                                                "mean_abs_d", "max_abs_d"])
     return edges, features, null

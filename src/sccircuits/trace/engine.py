@@ -25,8 +25,14 @@ position adds nothing to the ablation but counts as active (the cell is observed
 enters the mean), and a cell whose only active positions have z = 0 gets an exact zero
 observation (the published ablated pass equals its clean pass there).
 
-Optionally each ablation has a *null* twin: the same per-position norm in a random direction
-(fixed per source feature, seeded), whose statistics give the noise floor.
+Optionally a *null* runs beside the real ablations (:func:`null_templates`,
+:meth:`AblationEngine._null_directions`): per source layer, ``K`` null pseudo-sources. Null
+``k`` borrows the activation pattern of one traced *template* feature (its positions and per
+position norm ``z * ||W_dec[template]||``) but removes, at each position, the decoder direction of
+another feature that is active there (data-matched: a direction the stream really carries;
+traced features are avoided), chosen by a per-(seed, layer, draw, cell) random ranking. Its
+rows cost like ``K`` extra traced features (``K <= null_budget * F``), and its statistics give
+every target its own null (docs/planted-circuits.md).
 """
 
 from __future__ import annotations
@@ -51,6 +57,20 @@ class TracePlan:
     batch_size: int = 16
     encode_chunk: int = 8192
     support_active: bool = False
+    null_draws: int = 16
+    null_budget: float = 0.5
+    null_features: dict[int, np.ndarray] | None = None
+    """Source layer -> template feature id of each null draw (default: :func:`null_templates`
+    of ``features``); a layer may have none (e.g. a Ray task holding other features' nulls)."""
+    traced: dict[int, np.ndarray] | None = None
+    """Source layer -> features a null direction avoids (default: ``features``)."""
+
+    def __post_init__(self) -> None:
+        if self.null_features is None:
+            self.null_features = (null_templates(self.features, self.null_draws, self.null_budget, self.null_seed)
+                                  if self.null else {s: np.zeros(0, np.int64) for s in self.features})
+        if self.traced is None:
+            self.traced = dict(self.features)
 
     def layers_needed(self) -> list[int]:
         return sorted(set(self.features) | {t for ts in self.targets.values() for t in ts})
@@ -59,12 +79,25 @@ class TracePlan:
         return ("real", "null") if self.null else ("real",)
 
 
-def null_direction(seed: int, layer: int, feature: int, d: int) -> np.ndarray:
-    """Unit random direction (float64, (d,)) for the null ablation of one source feature;
-    depends only on (seed, layer, feature), so any batching or sharding gives the same one."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(layer), int(feature)]))
-    u = rng.standard_normal(d)
-    return u / np.linalg.norm(u)
+def null_templates(features: dict[int, np.ndarray], draws: int, budget: float, seed: int) -> dict[int, np.ndarray]:
+    """Template feature of each null draw per source layer: ``min(draws, floor(budget * F))``
+    distinct traced features (at least one), drawn with a generator seeded by (seed, layer).
+
+    A null draw ablates wherever its template fires, so the null adds about ``K / F`` of the
+    real ablations: the budget bounds the expected cost (docs/planted-circuits.md)."""
+    out = {}
+    for s, feats in sorted(features.items()):
+        feats = np.asarray(feats, np.int64)
+        k = min(int(draws), max(1, int(np.floor(budget * len(feats))))) if len(feats) else 0
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(s), 1]))
+        out[s] = np.sort(rng.choice(feats, size=k, replace=False)) if k else np.zeros(0, np.int64)
+    return out
+
+
+def null_scores(seed: int, layer: int, draw: int, cell: int, d_sae: int) -> np.ndarray:
+    """Random ranking (float64, (d_sae,)) of the SAE features for null draw ``draw`` in one
+    cell; depends only on (seed, layer, draw, cell), so batching and sharding cannot change it."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(layer), int(draw), int(cell), 2])).random(d_sae)
 
 
 def _sub_batch(batch: TokenBatch, rows: torch.Tensor, length: int) -> TokenBatch:
@@ -99,20 +132,34 @@ class AblationEngine:
         self.saes = {l: saes[l].to(device=self.device, dtype=torch.float32).eval() for l in plan.layers_needed()}
         self.target_sizes = {t: int(self.saes[t].d_sae) for ts in plan.targets.values() for t in ts}
         self.dirs: dict[int, torch.Tensor] = {}
-        self.null_dirs: dict[int, torch.Tensor] = {}
+        self.norms: dict[int, torch.Tensor] = {}
+        self.nulls: dict[int, dict] = {}
         with torch.no_grad():
             for s, feats in plan.features.items():
                 w_dec = self.saes[s].W_dec.detach().to(torch.float32)
                 w = w_dec[torch.as_tensor(feats, dtype=torch.long, device=w_dec.device)]
                 self.dirs[s] = w
-                if plan.null:
-                    d = w.shape[1]
-                    u = np.stack([null_direction(plan.null_seed, s, f, d) for f in feats]) if len(feats) else np.zeros((0, d))
-                    norms = torch.linalg.vector_norm(w.double(), dim=1, keepdim=True)
-                    self.null_dirs[s] = (torch.from_numpy(u).to(w.device) * norms).to(torch.float32)
+                self.norms[s] = torch.linalg.vector_norm(w, dim=1)
+                if plan.null and len(plan.null_features.get(s, ())):
+                    self.nulls[s] = self._null_setup(s, w_dec)
+
+    def _null_setup(self, s: int, w_dec: torch.Tensor) -> dict:
+        """Unit decoder rows, traced-feature mask and template norms of layer ``s``'s null."""
+        dev = w_dec.device
+        templates = torch.as_tensor(self.plan.null_features[s], dtype=torch.long, device=dev)
+        traced = torch.zeros(w_dec.shape[0], dtype=torch.bool, device=dev)
+        traced[torch.as_tensor(self.plan.traced[s], dtype=torch.long, device=dev)] = True
+        norms = torch.linalg.vector_norm(w_dec, dim=1)
+        return {"templates": templates, "unit": w_dec / norms.clamp_min(1e-12)[:, None], "traced": traced,
+                "norms": norms[templates]}
+
+    def n_null(self, s: int) -> int:
+        return len(self.nulls[s]["templates"]) if s in self.nulls else 0
 
     def empty(self) -> Accumulators:
-        return Accumulators.empty(self.plan.features, self.plan.targets, self.target_sizes, self.plan.kinds())
+        nulls = {s: np.asarray(self.plan.null_features.get(s, ()), np.int64) if s in self.nulls else np.zeros(0, np.int64)
+                 for s in self.plan.features} if self.plan.null else None
+        return Accumulators.empty(self.plan.features, self.plan.targets, self.target_sizes, self.plan.kinds(), nulls)
 
     # -- encoding helpers -----------------------------------------------------------------
     def _encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -163,19 +210,22 @@ class AblationEngine:
         gm = batch.gene_mask.to(dev)
         B, L = gm.shape
 
-        # source codes of the traced features at gene positions: (B, L, F_s), and where they fire
+        # source codes of the traced features (then the null templates) at gene positions: (B, L, F_s + K_s),
+        # and where they fire
         zsel, fires = {}, {}
         for s, feats in plan.features.items():
             cols = torch.as_tensor(feats, dtype=torch.long, device=dev)
-            z = torch.zeros(B, L, len(feats), dtype=torch.float32, device=dev)
+            if s in self.nulls:
+                cols = torch.cat([cols, self.nulls[s]["templates"]])
+            z = torch.zeros(B, L, len(cols), dtype=torch.float32, device=dev)
             z[gm] = self._encode_columns(s, clean[s][gm], cols)
             zsel[s] = z
             if plan.support_active:
-                fires[s] = torch.zeros(B, L, len(feats), dtype=torch.bool, device=dev)
+                fires[s] = torch.zeros(B, L, len(cols), dtype=torch.bool, device=dev)
                 fires[s][gm] = self._support_columns(s, clean[s][gm], cols)
             else:
                 fires[s] = z > 0
-            acc.active[s] += fires[s].any(1).sum(0).cpu().numpy().astype(np.int64)
+            acc.active[s] += fires[s][..., :len(feats)].any(1).sum(0).cpu().numpy().astype(np.int64)
 
         # clean downstream codes, once per cell, only where some traced source feature fires
         codes, pos_index = {}, {}
@@ -192,70 +242,106 @@ class AblationEngine:
         for s in sorted(plan.features):
             self._ablate_layer(s, batch, clean[s], zsel[s], fires[s], codes, pos_index, acc)
 
+    def _null_deltas(self, s: int, batch: TokenBatch, h_s: torch.Tensor, rows: torch.Tensor, draws: torch.Tensor,
+                     zf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Null perturbations of jobs (``rows``, ``draws``) at their template's positions.
+
+        At each position where the template fires (activation ``zf``), the direction is the unit
+        decoder row of the highest-ranked (:func:`null_scores`) feature that is active there and
+        not traced (else active, else any feature), never the template itself, scaled to the
+        template's ablation norm ``zf * ||W_dec[template]||``. Returns (job, position, delta).
+        """
+        null = self.nulls[s]
+        job, pos = torch.nonzero(zf > 0, as_tuple=True)
+        z = self._encode(s, h_s[rows[job], pos])  # full codes at those positions
+        d_sae = z.shape[1]
+        cells = batch.cell_index[rows.cpu()].numpy()
+        scores = torch.from_numpy(np.stack([null_scores(self.plan.null_seed, s, int(k), int(c), d_sae)
+                                            for k, c in zip(draws.cpu().numpy(), cells)])).to(z.device)
+        active = z > 0
+        rank = scores[job] + 2.0 * (active & ~null["traced"]) + 1.0 * active
+        rank[torch.arange(len(job), device=z.device), null["templates"][draws[job]]] = -1.0
+        pick = rank.argmax(1)
+        delta = null["unit"][pick] * (zf[job, pos] * null["norms"][draws[job]])[:, None]
+        return job, pos, delta
+
     def _ablate_layer(self, s: int, batch: TokenBatch, h_s: torch.Tensor, zs: torch.Tensor, fs: torch.Tensor,
                       codes: dict, pos_index: dict, acc: Accumulators) -> None:
         plan = self.plan
-        rows, slots = torch.nonzero(fs.any(1), as_tuple=True)  # jobs in (row, slot) order
-        kinds = plan.kinds()
-        jobs = [(kind, rows, slots) for kind in kinds]
-        n_jobs = len(rows)
+        F, K = len(plan.features[s]), self.n_null(s)
+        fired = fs.any(1)  # (B, F + K)
+        rows, slots = torch.nonzero(fired[:, :F], as_tuple=True)  # real jobs in (row, slot) order
+        n_rows, draws = torch.nonzero(fired[:, F:], as_tuple=True)  # null jobs in (row, draw) order
+        n_jobs, n_null = len(rows), len(n_rows)
         acc.counters["ablations"] = acc.counters.get("ablations", 0) + n_jobs
         if plan.null:
-            acc.counters["null_ablations"] = acc.counters.get("null_ablations", 0) + n_jobs
-        if n_jobs == 0:
+            acc.counters["null_ablations"] = acc.counters.get("null_ablations", 0) + n_null
+        bs = plan.batch_size
+        # what a null-free trace would run: the real jobs alone, in chunks of batch_size
+        acc.counters["null_free_ablation_forward_passes"] = (acc.counters.get("null_free_ablation_forward_passes", 0)
+                                                            + -(-n_jobs // bs))
+        if n_jobs + n_null == 0:
             return
         # one flat job list: real jobs then null jobs, in chunks of batch_size rows
-        kind_of = torch.cat([torch.full((n_jobs,), i, dtype=torch.long) for i in range(len(kinds))])
-        all_rows = torch.cat([r for _, r, _ in jobs])
-        all_slots = torch.cat([sl for _, _, sl in jobs])
+        is_null = torch.cat([torch.zeros(n_jobs, dtype=torch.bool), torch.ones(n_null, dtype=torch.bool)])
+        all_rows = torch.cat([rows, n_rows])
+        all_cols = torch.cat([slots, F + draws])
+        sizes_of = torch.cat([self.norms[s], self.nulls[s]["norms"]]) if K else self.norms[s]
+        kinds = plan.kinds()
         obs: dict[tuple[str, int], list] = {(k, t): [] for k in kinds for t in plan.targets[s]}
         lengths = batch.attention_mask.sum(1)
-        for c in range(0, len(all_rows), plan.batch_size):
-            r = all_rows[c:c + plan.batch_size].to(h_s.device)
-            sl = all_slots[c:c + plan.batch_size].to(h_s.device)
-            kd = kind_of[c:c + plan.batch_size]
+        for c in range(0, len(all_rows), bs):
+            r = all_rows[c:c + bs].to(h_s.device)
+            col = all_cols[c:c + bs].to(h_s.device)
+            nl = is_null[c:c + bs].to(h_s.device)
             Lc = int(lengths[r].max())
-            zf = zs[r, :Lc, sl]  # (J, Lc) activation of each job's feature at each position
-            direction = self.dirs[s][sl]
-            if plan.null:
-                is_null = (kd == 1).to(h_s.device)[:, None]
-                direction = torch.where(is_null, self.null_dirs[s][sl], direction)
-            hidden = (h_s[r, :Lc].to(torch.float32) - zf[..., None] * direction[:, None, :]).to(h_s.dtype)
+            zf = zs[r, :Lc, col]  # (J, Lc) activation of each job's feature (or template) at each position
+            direction = self.dirs[s][col.clamp(max=F - 1)] * (~nl)[:, None]
+            delta = zf[..., None] * direction[:, None, :]
+            if bool(nl.any()):
+                j, p, dn = self._null_deltas(s, batch, h_s, r[nl], col[nl] - F, zf[nl])
+                delta[torch.nonzero(nl, as_tuple=True)[0][j], p] = dn
+            hidden = (h_s[r, :Lc].to(torch.float32) - delta).to(h_s.dtype)
             out = self.adapter.run_from(s, hidden, _sub_batch(batch, r, Lc), until=max(plan.targets[s]),
                                        layers=plan.targets[s])
             acc.counters["ablation_forward_passes"] = acc.counters.get("ablation_forward_passes", 0) + 1
             acc.counters["ablated_sequences"] = acc.counters.get("ablated_sequences", 0) + len(r)
-            fired = fs[r, :Lc, sl]
-            job_of, pos = torch.nonzero(fired, as_tuple=True)
-            counts = fired.sum(1).to(torch.float64)
-            unchanged = ~(zf != 0).any(1)  # support-only jobs: nothing ablated, exact zero observation
+            fired_pos = fs[r, :Lc, col]
+            job_of, pos = torch.nonzero(fired_pos, as_tuple=True)
+            counts = fired_pos.sum(1).to(torch.float64)
+            unchanged = (~(zf != 0).any(1)).cpu().numpy()  # support-only jobs: nothing ablated, exact zero observation
+            # perturbation size of each job: mean over its positions of the ablation norm
+            size = (zf.sum(1).to(torch.float64) / counts * sizes_of[col].to(torch.float64)).cpu().numpy()
             for t in plan.targets[s]:
                 sums = self._mean_diff_sums(t, out[t][job_of, pos], pos_index[t][r[job_of], pos], job_of,
                                             codes[t], len(r))
-                mean = sums / counts[:, None]
-                mean[unchanged.to(mean.device)] = 0.0
-                for ki, kind in enumerate(kinds):
-                    m = (kd == ki).to(mean.device)
-                    if bool(m.any()):
-                        obs[(kind, t)].append((sl[m].cpu().numpy(), mean[m].cpu().numpy()))
-        F = len(plan.features[s])
+                mean = (sums / counts[:, None]).cpu().numpy()
+                d = mean.shape[1] // 2
+                mean[unchanged, :d] = 0.0
+                for kind, m in (("real", ~nl), ("null", nl)):
+                    m = m.cpu().numpy()
+                    if kind in kinds and m.any():
+                        slot = col.cpu().numpy()[m] - (F if kind == "null" else 0)
+                        obs[(kind, t)].append((slot, mean[m, :d], mean[m, d:], size[m]))
         for (kind, t), parts in obs.items():
             if not parts:
                 continue
-            stats = PairStats.from_observations(np.concatenate([p[0] for p in parts]),
-                                                np.concatenate([p[1] for p in parts]), F)
+            slot, mean, clean, size = (np.concatenate([p[i] for p in parts]) for i in range(4))
+            stats = PairStats.from_observations(slot, mean, F if kind == "real" else K, clean, size)
             acc.pairs[(kind, s, t)] = acc.pairs[(kind, s, t)].merge(stats)
 
     def _mean_diff_sums(self, t: int, h_abl: torch.Tensor, clean_rows: torch.Tensor, job_of: torch.Tensor,
                         codes: _SparseCodes, n_rows: int) -> torch.Tensor:
-        """Per job, the sum over its fired positions of encode(ablated) - encode(clean), float64."""
-        sums = torch.zeros(n_rows, codes.d, dtype=torch.float64, device=h_abl.device)
+        """Per job, the sums over its fired positions of encode(ablated) - encode(clean) and of
+        encode(clean), side by side (float64, (jobs, 2 T))."""
+        sums = torch.zeros(n_rows, 2 * codes.d, dtype=torch.float64, device=h_abl.device)
         chunk = self.plan.encode_chunk
         rows = torch.arange(n_rows, device=h_abl.device)
         for i in range(0, len(h_abl), chunk):
             za = self._encode(t, h_abl[i:i + chunk])
-            diff = (za - codes.dense(clean_rows[i:i + chunk])).to(torch.float64)
+            zc = codes.dense(clean_rows[i:i + chunk])
+            both = torch.cat([za - zc, zc], dim=1).to(torch.float64)
             # segment sums as a (jobs x positions) one-hot product: much faster than index_add_
             onehot = (job_of[i:i + chunk][None, :] == rows[:, None]).to(torch.float64)
-            sums += onehot @ diff
+            sums += onehot @ both
         return sums

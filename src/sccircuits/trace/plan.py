@@ -70,14 +70,16 @@ class PassCounts:
 
 
 def count_passes(lengths: np.ndarray, active: dict[int, np.ndarray], n_cells: int, block_size: int,
-                 batch_size: int, n_kinds: int) -> PassCounts:
+                 batch_size: int, null_active: dict[int, np.ndarray] | None = None) -> PassCounts:
     """Simulate the engine's batching (pure function).
 
     ``lengths``: tokens per cell (n_cells,); ``active[s]``: number of traced features of source
-    layer ``s`` that fire in each cell (n_cells,). Blocks of ``block_size`` consecutive cells;
-    inside a block cells are batched as :func:`engine_batches`; per batch and source layer the
-    jobs (row, feature) in row order, real then null, are cut into ``batch_size`` rows, each
-    chunk padded to its longest row (as ``AblationEngine._ablate_layer`` does).
+    layer ``s`` that fire in each cell (n_cells,); ``null_active[s]``: number of null draws of
+    ``s`` whose template fires in each cell (None: no null). Blocks of ``block_size``
+    consecutive cells; inside a block cells are batched as :func:`engine_batches`; per batch
+    and source layer the real jobs (row, feature) in row order, then the null jobs, are cut
+    into ``batch_size`` rows, each chunk padded to its longest row (as
+    ``AblationEngine._ablate_layer`` does).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     out = PassCounts(ablations={s: 0 for s in active}, ablation_forward_passes={s: 0 for s in active},
@@ -88,11 +90,10 @@ def count_passes(lengths: np.ndarray, active: dict[int, np.ndarray], n_cells: in
             out.clean_tokens += len(batch) * int(lengths[batch].max())
             for s, counts in active.items():
                 row_len = np.repeat(lengths[batch], np.asarray(counts)[batch])  # one entry per job
-                n_jobs = len(row_len)
-                out.ablations[s] += n_jobs
-                if n_jobs == 0:
-                    continue
-                jobs = np.tile(row_len, n_kinds)
+                out.ablations[s] += len(row_len)
+                null_len = (np.repeat(lengths[batch], np.asarray(null_active[s])[batch]) if null_active
+                            else np.zeros(0, np.int64))
+                jobs = np.concatenate([row_len, null_len])
                 for c in range(0, len(jobs), batch_size):
                     chunk = jobs[c:c + batch_size]
                     out.ablation_forward_passes[s] += 1
@@ -101,9 +102,10 @@ def count_passes(lengths: np.ndarray, active: dict[int, np.ndarray], n_cells: in
     return out
 
 
-def firing_counts(setup: TraceSetup, progress: bool = True) -> tuple[dict[int, np.ndarray], dict]:
+def firing_counts(setup: TraceSetup, progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict]:
     """Per source layer, how many traced features fire in each cell (at its gene positions),
-    from clean passes batched exactly like the tracer (so the same numbers decide firing).
+    and how many null draws (their template fires), from clean passes batched exactly like
+    the tracer (so the same numbers decide firing).
 
     Also returns timing of those clean passes: ``{"seconds": s, "tokens": padded tokens}``.
     """
@@ -114,8 +116,12 @@ def firing_counts(setup: TraceSetup, progress: bool = True) -> tuple[dict[int, n
     dev = torch.device(adapter.device)
     sources = sorted(setup.features)
     out = {s: np.zeros(len(cells), np.int64) for s in sources}
+    null_out = {s: np.zeros(len(cells), np.int64) for s in sources}
     saes = {s: setup.saes[s].to(device=dev, dtype=torch.float32).eval() for s in sources}
-    cols = {s: torch.as_tensor(setup.features[s], dtype=torch.long, device=dev) for s in sources}
+    nulls = setup.plan().null_features if cfg.null_ablation else {s: np.zeros(0, np.int64) for s in sources}
+    n_feat = {s: len(setup.features[s]) for s in sources}
+    cols = {s: torch.as_tensor(np.concatenate([setup.features[s], nulls[s]]), dtype=torch.long, device=dev)
+            for s in sources}
     lengths = cells.lengths()
     batches = [b for blk in range(setup.n_blocks)
                for b in engine_batches(lengths, setup.block_cells(blk), cfg.batch_size)]
@@ -132,10 +138,12 @@ def firing_counts(setup: TraceSetup, progress: bool = True) -> tuple[dict[int, n
                                for i in range(0, len(x), cfg.encode_chunk)]) if len(x) else x.new_zeros((0, len(cols[s])))
                 zz = torch.zeros(gm.shape + (len(cols[s]),), dtype=torch.float32, device=dev)
                 zz[gm] = z
-                out[s][idx] = ((zz > 0).any(1).sum(1)).cpu().numpy()
+                fired = (zz > 0).any(1)
+                out[s][idx] = fired[:, :n_feat[s]].sum(1).cpu().numpy()
+                null_out[s][idx] = fired[:, n_feat[s]:].sum(1).cpu().numpy()
             seconds += time.perf_counter() - t0
             tokens += len(idx) * int(lengths[idx].max())
-    return out, {"seconds": seconds, "tokens": tokens}
+    return out, null_out, {"seconds": seconds, "tokens": tokens}
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -148,21 +156,19 @@ def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> di
     """
     import torch
 
-    from .engine import AblationEngine, TracePlan
+    from .engine import AblationEngine
 
     cfg, cells = setup.cfg, setup.cells
     lengths = cells.lengths()
     order = np.argsort(-lengths, kind="stable")
     pick = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in np.linspace(0, 1, max(1, min(n_cells, len(cells))))})
-    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk,
-                     support_active=cfg.compat == "reference")
-    engine = AblationEngine(setup.adapter, setup.saes, plan)
+    engine = AblationEngine(setup.adapter, setup.saes, setup.plan())
     engine.run_cells(cells, pick[:1])  # warm-up (allocations, kernels)
 
     sub = _SubsetSetup(setup, pick)
-    active, clean_timing = firing_counts(sub, progress=progress)
-    counts = count_passes(lengths[pick], {s: a for s, a in active.items()}, len(pick), len(pick),
-                          cfg.batch_size, len(setup.kinds()))
+    active, null_active, clean_timing = firing_counts(sub, progress=progress)
+    counts = count_passes(lengths[pick], active, len(pick), len(pick), cfg.batch_size,
+                          null_active if cfg.null_ablation else None)
     t0 = time.perf_counter()
     with torch.inference_mode():
         engine.run_cells(cells, pick)
@@ -186,6 +192,7 @@ class _SubsetSetup:
         self.cells = TokenizedCells([c.input_ids[i] for i in idx], None if c.values is None else [c.values[i] for i in idx],
                                     [c.gene_mask[i] for i in idx], np.asarray(c.cell_index)[idx])
         self.cfg, self.adapter, self.saes, self.features = setup.cfg, setup.adapter, setup.saes, setup.features
+        self.plan = setup.plan
         self.n_blocks = 1
 
     def block_cells(self, b: int) -> list[int]:
@@ -345,10 +352,12 @@ def plan_setup(setup: TraceSetup, *, firing: bool = True, calibrate_cells: int =
     cfg, cells = setup.cfg, setup.cells
     lengths = cells.lengths()
     if firing:
-        active, _ = firing_counts(setup, progress)
+        active, null_active, _ = firing_counts(setup, progress)
     else:
         active = {s: np.full(len(cells), len(f), np.int64) for s, f in setup.features.items()}
-    passes = count_passes(lengths, active, len(cells), cfg.checkpoint_every, cfg.batch_size, len(setup.kinds()))
+        null_active = {s: np.full(len(cells), len(f), np.int64) for s, f in setup.plan().null_features.items()}
+    passes = count_passes(lengths, active, len(cells), cfg.checkpoint_every, cfg.batch_size,
+                          null_active if cfg.null_ablation else None)
     passes.exact = firing
     calib, seconds = None, None
     if calibrate_cells > 0:
@@ -464,7 +473,7 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
 
     from ..models import load_model
     from .edges import Thresholds
-    from .engine import AblationEngine, TracePlan
+    from .engine import AblationEngine
 
     cfg = config if config is not None else TraceConfig(**options)
     if dtype not in DTYPE_BYTES or dtype == "float32":
@@ -472,8 +481,7 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
     cfg32 = replace(cfg, dtype="float32", n_cells=min(n_cells, cfg.n_cells), shard="0/1")
     setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation,
                           out=None if run is not None else ".", config=cfg32, progress=progress)
-    plan = TracePlan(setup.features, setup.targets, cfg32.null_ablation, cfg32.null_seed, cfg32.batch_size,
-                     cfg32.encode_chunk, support_active=cfg32.compat == "reference")
+    plan = setup.plan()
     idx = list(range(len(setup.cells)))
     accs, seconds = {}, {}
     for name in ("float32", dtype):

@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .accumulators import Accumulators
+from .accumulators import STAT_NAMES, Accumulators
 from .config import TraceConfig
+from .engine import TracePlan
 
 
 def _import_ray():
@@ -111,29 +112,44 @@ def make_tasks(features: dict[int, np.ndarray], n_cells: int, block_size: int,
 
 
 def assemble_block(parts: list[tuple[Task, Accumulators]], features: dict[int, np.ndarray],
-                   targets: dict[int, list[int]], target_sizes: dict[int, int], kinds: tuple[str, ...]) -> Accumulators:
+                   targets: dict[int, list[int]], target_sizes: dict[int, int], kinds: tuple[str, ...],
+                   null_features: dict[int, np.ndarray] | None = None) -> Accumulators:
     """One block's statistics from its tasks' partial statistics (disjoint features).
 
     A single part covering everything is returned unchanged. Otherwise each part's slot rows
-    are copied into the full layout; work counters are summed (``cells`` counted once).
+    are copied into the full layout, and each layer's null draws from the part that ran them
+    (the one holding the layer's first feature); work counters are summed (``cells`` counted once).
     """
     whole = {(s, tuple(range(len(f)))) for s, f in features.items()}
     if len(parts) == 1 and set(parts[0][0].slots) == whole:
         return parts[0][1]
-    full = Accumulators.empty(features, targets, target_sizes, kinds)
+    if null_features is None and "null" in kinds:
+        null_features = {s: acc.null_features[s] for task, acc in parts for s, slots in task.slots if 0 in slots}
+    full = Accumulators.empty(features, targets, target_sizes, kinds, null_features)
     for task, acc in parts:
         for s, slots in task.slots:
             rows = np.asarray(slots, np.int64)
             full.active[s][rows] = acc.active[s]
             for t in targets[s]:
-                for kind in kinds:
-                    dst, src = full.pairs[(kind, s, t)], acc.pairs[(kind, s, t)]
-                    for name in ("n", "mean", "m2", "pos", "neg", "zero"):
-                        getattr(dst, name)[rows] = getattr(src, name)
+                dst, src = full.pairs[("real", s, t)], acc.pairs[("real", s, t)]
+                for name in STAT_NAMES:
+                    getattr(dst, name)[rows] = getattr(src, name)
+                if "null" in kinds and 0 in slots:
+                    full.pairs[("null", s, t)] = acc.pairs[("null", s, t)]
         for k, v in acc.counters.items():
             full.counters[k] = full.counters.get(k, 0) + int(v)
     full.counters["cells"] = len(parts[0][0].cells)
     return full
+
+
+def task_plan(features: dict[int, np.ndarray], targets: dict[int, list[int]], slots, null_features: dict, **opts) -> TracePlan:
+    """The engine plan of a task holding some features (``slots``) of some layers: a layer's null
+    draws run in the task holding its first feature, and null directions avoid every traced
+    feature of the layer (as in a local run)."""
+    feats = {s: features[s][list(sl)] for s, sl in slots}
+    nulls = {s: null_features[s] if 0 in sl else np.zeros(0, np.int64) for s, sl in slots}
+    return TracePlan(feats, {s: targets[s] for s, _ in slots}, **opts, null_features=nulls,
+                     traced={s: features[s] for s, _ in slots})
 
 
 # ----------------------------------------------------------------------------- worker
@@ -154,16 +170,16 @@ class TraceWorker:
         self.features = {int(s): np.asarray(f, np.int64) for s, f in plan.pop("features").items()}
         self.targets = {int(s): list(t) for s, t in targets.items()}
         self.plan_opts = plan
+        self.null_features = TracePlan(self.features, self.targets, **plan).null_features
         self.crash_once = crash_once
         self.engines: dict = {}
 
     def _engine(self, slots):
-        from .engine import AblationEngine, TracePlan
+        from .engine import AblationEngine
 
         key = slots
         if key not in self.engines:
-            feats = {s: self.features[s][list(sl)] for s, sl in slots}
-            plan = TracePlan(feats, {s: self.targets[s] for s, _ in slots}, **self.plan_opts)
+            plan = task_plan(self.features, self.targets, slots, self.null_features, **self.plan_opts)
             self.engines = {key: AblationEngine(self.adapter, self.saes, plan)}  # keep one (memory)
         return self.engines[key]
 
@@ -296,6 +312,7 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
         cells_ref = ray.put(pack_cells(setup.cells))
         plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
                 "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
+                "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
                 "support_active": cfg.compat == "reference"}
         new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
                                          dict(plan), cells_ref, setup.targets, opts.crash_once)
@@ -350,7 +367,7 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
                 ids = parts_of[task.block]
                 if all(i in results for i in ids):
                     block = assemble_block([results.pop(i) for i in ids], setup.features, setup.targets,
-                                           target_sizes, setup.kinds())
+                                           target_sizes, setup.kinds(), setup.plan().null_features)
                     path = st.block_path(trace_dir, task.block)
                     if not path.is_file():
                         block.save(path, fingerprint=np.asarray(fp), block=np.asarray(task.block))

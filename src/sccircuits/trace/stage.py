@@ -10,8 +10,11 @@ order. Hence:
 * ``shard i/n``: a shard computes a contiguous range of blocks and stops; ``merge`` folds the
   blocks of all shards in block order, which is bit-for-bit what a single run does.
 
-Outputs in ``OUT/trace/``: ``edges.parquet``, ``features.parquet``, ``null.parquet``,
-``accumulators.npz`` (the merged statistics), and the manifest stage ``trace``.
+Outputs in ``OUT/trace/``: ``edges.parquet`` (column ``edge``: the configured criterion's
+edges, read by every later stage), ``features.parquet``, ``null.parquet`` (real vs null passes
+per layer pair), ``d_distribution.parquet`` (|d| histograms, real and null),
+``accumulators.npz`` (the merged statistics), and the manifest stage ``trace`` (forward passes
+with and without the null, estimated FDR of both criteria).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..errors import ConfigError, InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
 from .accumulators import Accumulators
 from .config import TraceConfig
-from .edges import Thresholds, build_tables
+from .edges import EDGE_COLUMN, Thresholds, build_tables, d_distribution, estimated_fdr
 
 STAGE = "trace"
 META = "trace_meta.json"
@@ -212,7 +215,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_pa
            "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(),
            "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
-                                            "checkpoint_every", "null_ablation", "null_seed")}}
+                                            "checkpoint_every", "null_ablation", "null_seed", "null_draws",
+                                            "null_budget")}}
     if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
         key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -270,6 +274,21 @@ class TraceSetup:
         if executor is not None:
             meta["executor"] = executor
         return meta
+
+    def plan(self):
+        """The engine's :class:`~sccircuits.trace.engine.TracePlan` of this trace."""
+        return trace_plan(self.cfg, self.features, self.targets)
+
+
+def trace_plan(cfg: TraceConfig, features: dict, targets: dict, **overrides):
+    """The :class:`~sccircuits.trace.engine.TracePlan` of a configuration (one place for every
+    caller: the stage, the planner, the Ray executor)."""
+    from .engine import TracePlan
+
+    opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
+                encode_chunk=cfg.encode_chunk, null_draws=cfg.null_draws, null_budget=cfg.null_budget,
+                support_active=cfg.compat == "reference")
+    return TracePlan(features, targets, **{**opts, **overrides})
 
 
 def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
@@ -350,7 +369,7 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     import torch
     from tqdm.auto import tqdm
 
-    from .engine import AblationEngine, TracePlan
+    from .engine import AblationEngine
 
     cfg = config if config is not None else TraceConfig(**options)
     t_start = time.time()
@@ -361,9 +380,11 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
         return finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
 
     cells, fp = setup.cells, setup.fingerprint
-    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size,
-                     cfg.encode_chunk, support_active=cfg.compat == "reference")
-    engine = AblationEngine(setup.adapter, setup.saes, plan)
+    engine = AblationEngine(setup.adapter, setup.saes, setup.plan())
+    few = {s: engine.n_null(s) for s in setup.features if cfg.null_ablation and engine.n_null(s) < 3}
+    if few:
+        warnings.warn(f"null draws per source layer {few} (< 3): the null criterion cannot test these layers' "
+                      "edges; trace more features (--n-features) or raise --null-budget", stacklevel=2)
     i, n = cfg.shard_index, cfg.n_shards
     torch.manual_seed(0)
     with tqdm(total=sum(len(setup.block_cells(b)) for b in job.blocks),
@@ -469,11 +490,14 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         from ..annotate import load_annotation
 
         catalogs, _ = load_annotation(meta["annotation"])
-    edges, features, null = build_tables(total, Thresholds.from_config(cfg), meta["model_name"], catalogs)
+    th = Thresholds.from_config(cfg)
+    edges, features, null = build_tables(total, th, meta["model_name"], catalogs)
     td = rd.path / STAGE
     total.save(td / "accumulators.npz", fingerprint=np.asarray(meta["fingerprint"]))
-    for name, df in (("edges", edges), ("features", features), ("null", null)):
+    for name, df in (("edges", edges), ("features", features), ("null", null),
+                     ("d_distribution", d_distribution(total, th))):
         atomic_write_parquet(td / f"{name}.parquet", df)
+    fdr = estimated_fdr(null)
     c = total.counters
     compute_s = c.get("compute_ms", 0) / 1000
     metrics = {
@@ -481,14 +505,24 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "source_features": meta["features"], "features_never_fired": {str(s): f for s, f in never.items()},
         "clean_forward_passes": c.get("clean_forward_passes", 0),
         "ablation_forward_passes": c.get("ablation_forward_passes", 0),
+        "forward_passes": c.get("clean_forward_passes", 0) + c.get("ablation_forward_passes", 0),
+        "forward_passes_null_free": c.get("clean_forward_passes", 0) + c.get("null_free_ablation_forward_passes", 0),
+        "null_draws": {str(s): f.tolist() for s, f in total.null_features.items()},
         "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
         "ablated_sequences": c.get("ablated_sequences", 0),
         "compute_s": round(compute_s, 3), "wall_s": round(time.time() - t_start, 3),
         "ablations_per_s": round(c.get("ablations", 0) / compute_s, 3) if compute_s > 0 else None,
         "n_tests": int(sum(features["n_tests"])) if len(features) else 0,
-        "n_edges": int(len(edges)), "n_edges_in_cap": int(edges["in_cap"].sum()) if len(edges) else 0,
+        "criterion": cfg.criterion, "n_edges": int(edges[EDGE_COLUMN].sum()),
+        "n_edges_published": int(edges["passes_published"].sum()), "n_edges_in_cap": int(edges["in_cap"].sum()),
+        "n_edges_null_criterion": int(edges["passes_null"].sum()),
+        "estimated_fdr": fdr["null" if cfg.criterion == "null" else "published"],
+        "estimated_fdr_published": fdr["published"], "estimated_fdr_null": fdr["null"],
     }
-    outputs = [f"{STAGE}/{x}" for x in ("edges.parquet", "features.parquet", "null.parquet", "accumulators.npz")]
+    if metrics["forward_passes_null_free"]:
+        metrics["forward_pass_ratio"] = round(metrics["forward_passes"] / metrics["forward_passes_null_free"], 4)
+    outputs = [f"{STAGE}/{x}" for x in ("edges.parquet", "features.parquet", "null.parquet", "d_distribution.parquet",
+                                        "accumulators.npz")]
     rd.complete_stage(STAGE, outputs, metrics)
     if cleanup:
         shutil.rmtree(td / "blocks", ignore_errors=True)

@@ -43,9 +43,12 @@ import pandas as pd
 from ..config import apply_compat, check, compat_option, option
 from ..errors import InputError
 from ..rundir import RunDir
+from ..trace.edges import EDGE_COLUMN
 
 EDGE_COLUMNS = ["source_layer", "source_feature", "target_layer", "target_feature", "cohens_d", "in_cap"]
-EDGE_OPTIONAL = ["source_label", "source_label_id", "target_label", "target_label_id", "consensus", "novel"]
+EDGE_OPTIONAL = ["source_label", "source_label_id", "target_label", "target_label_id", "consensus", "novel",
+                 EDGE_COLUMN, "passes_published"]
+EDGE_SETS = ("edges", "capped", "uncapped")
 
 
 @dataclasses.dataclass
@@ -53,7 +56,8 @@ class PredictConfig:
     """Options of gene-level prediction (``sccircuits predict``)."""
 
     top_genes: int = option(10, "top genes per feature used on each side of an edge")
-    edges: str = option("capped", "which edges: 'capped' (in_cap, the published top-N set) or 'uncapped' (all)")
+    edges: str = option("edges", "which edges: 'edges' (the trace's edge set, column 'edge'), 'capped' (in_cap, "
+                                 "the published top-N set) or 'uncapped' (the published rule without the cap)")
     min_edges: int = option(2, "keep pairs seen in at least this many edges ...")
     min_max_abs_d: float = option(2.0, "... or whose largest |d| exceeds this")
     drop_self_pairs: bool = option(True, "drop pairs whose source and target gene are the same")
@@ -75,7 +79,7 @@ class PredictConfig:
         apply_compat(self)
         check(self.min_shared_go >= 1, "min_shared_go must be >= 1")
         check(self.top_genes >= 1, "top_genes must be >= 1")
-        check(self.edges in ("capped", "uncapped"), "edges must be 'capped' or 'uncapped'")
+        check(self.edges in EDGE_SETS, f"edges must be one of {', '.join(EDGE_SETS)}, got {self.edges!r}")
         check(self.min_edges >= 1, "min_edges must be >= 1")
         check(self.edge_chunk >= 1, "edge_chunk must be >= 1")
 
@@ -92,8 +96,10 @@ def condition_names(runs: list[str | os.PathLike]) -> list[str]:
     return names
 
 
-def read_edges(run: str | os.PathLike, capped: bool) -> pd.DataFrame:
-    """The contract columns of ``RUN/trace/edges.parquet`` (plus optional label/flag columns)."""
+def read_edges(run: str | os.PathLike, which: str = "edges") -> pd.DataFrame:
+    """The contract columns of ``RUN/trace/edges.parquet`` (plus optional label/flag columns),
+    rows of the edge set ``which`` (see :class:`PredictConfig`; tables without the ``edge`` /
+    ``passes_published`` columns hold only published-rule rows, all of them edges)."""
     import pyarrow.parquet as pq
 
     rd = RunDir(run, create=False)
@@ -107,8 +113,12 @@ def read_edges(run: str | os.PathLike, capped: bool) -> pd.DataFrame:
         raise InputError(path, f"missing column(s) {', '.join(missing)}")
     cols = EDGE_COLUMNS + [c for c in EDGE_OPTIONAL if c in names]
     edges = pd.read_parquet(path, columns=cols)
-    if capped:
+    if which == "capped":
         edges = edges[edges["in_cap"].astype(bool)]
+    elif which == "uncapped" and "passes_published" in edges:
+        edges = edges[edges["passes_published"].astype(bool)]
+    elif which == "edges" and EDGE_COLUMN in edges:
+        edges = edges[edges[EDGE_COLUMN].astype(bool)]
     return edges.reset_index(drop=True)
 
 
@@ -278,7 +288,7 @@ def predict_genes(runs: list[str | os.PathLike] | str | os.PathLike, cfg: Predic
 
     all_edges, all_genes = [], []
     for c, run in enumerate(runs):
-        e = read_edges(run, capped=cfg.edges == "capped")
+        e = read_edges(run, cfg.edges)
         e["cond"] = c
         if cons_pairs is not None:
             e["consensus"] = _flag_edges(e, cons_pairs)
