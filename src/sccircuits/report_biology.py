@@ -104,7 +104,10 @@ def labelled_hubs(run_path: Path, catalogs: dict[int, pd.DataFrame], terms: pd.D
     if "edge_set" in hubs:
         hubs = hubs[hubs.edge_set == "all"]
     term = _term_of(terms)
-    hubs = hubs[[(int(l), int(f)) in term for l, f in zip(hubs.layer, hubs.feature)]]
+    keep = np.array([(int(l), int(f)) in term for l, f in zip(hubs.layer, hubs.feature)], dtype=bool)
+    hubs = hubs.loc[keep]  # a boolean mask: an empty list would select columns instead
+    if hubs.empty:
+        return None
     hubs = hubs.sort_values(["degree", "layer", "feature"], ascending=[False, True, True], kind="mergesort").head(n)
     return pd.DataFrame({"layer": hubs.layer.to_numpy(), "feature": hubs.feature.to_numpy(),
                          "out-degree": hubs.out_degree.to_numpy(), "in-degree": hubs.in_degree.to_numpy(),
