@@ -24,7 +24,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sccircuits"
 OUTPUT_NAMES = ("edges.parquet", "features.parquet", "null.parquet", "trace_meta.json", "_catalog.parquet",
                 "_enrichment.parquet", "summary.json", "novel_pairs.parquet", "coherence_null.parquet",
                 "consensus_pairs.parquet", "consensus_null.parquet", "comparison_table.parquet",
-                "disease.parquet", "compare.json", "d_distribution.parquet")
+                "disease.parquet", "compare.json", "d_distribution.parquet", "hubs.parquet", "kruskal.parquet",
+                "activity.parquet")
 
 
 def _code_lines(path: Path):

@@ -17,7 +17,7 @@ def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
     page = report.read_text()
     for kind in ("geneformer", "scgpt"):
         m = json.loads((tmp_path / kind / "manifest.json").read_text())
-        for stage in ("extract", "train-sae", "annotate", "trace", "analyze"):
+        for stage in ("extract", "train-sae", "annotate", "trace", "analyze", "celltypes"):
             assert m["stages"][stage]["status"] == "complete", (kind, stage)
         edges = pd.read_parquet(tmp_path / kind / "trace" / "edges.parquet")
         assert m["stages"]["trace"]["config"]["n_cells"] == 8
@@ -29,7 +29,18 @@ def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
     capsys.readouterr()
     run_demo(tmp_path, cfg, progress=False)  # second run: every per-model stage is reused
     err = capsys.readouterr().err
-    assert err.count("already done, reused") == 10  # 5 stages x 2 models
+    assert err.count("already done, reused") == 12  # 6 stages x 2 models
+
+
+def test_demo_twice_gives_byte_identical_edge_tables(tmp_path):
+    """Two demo runs from scratch in two directories: the same edge and null tables, byte for byte."""
+    cfg = DemoConfig(models="geneformer", n_cells=40, trace_cells=6, n_features=2, sae_epochs=1, n_perm=10)
+    for d in ("a", "b"):
+        run_demo(tmp_path / d, cfg, progress=False)
+    for name in ("trace/edges.parquet", "trace/null.parquet", "celltypes/kruskal.parquet"):
+        a = (tmp_path / "a" / "geneformer" / name).read_bytes()
+        assert a == (tmp_path / "b" / "geneformer" / name).read_bytes(), name
+    assert len(pd.read_parquet(tmp_path / "a" / "geneformer" / "trace" / "edges.parquet")) > 0
 
 
 def test_demo_config_rejects_unknown_model():
@@ -37,3 +48,5 @@ def test_demo_config_rejects_unknown_model():
 
     with pytest.raises(ConfigError, match="models must list"):
         DemoConfig(models="bert")
+    with pytest.raises(ConfigError, match="data must be one of"):
+        DemoConfig(data="lung")

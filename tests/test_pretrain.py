@@ -111,8 +111,8 @@ def test_one_kind_only_and_cli_rejects_bad_kind(tmp_path):
 
 # ------------------------------------------------------------------------------------------ shipped models
 
-def _pbmc_split(kind):
-    adata = datasets.pbmc()
+def _blood_split(kind):
+    adata = datasets.blood()
     info = json.loads((datasets.demo_model_path(kind) / "training.json").read_text())
     held = set(info["held_out_cells"])
     is_test = np.array([c in held for c in adata.obs_names])
@@ -120,17 +120,17 @@ def _pbmc_split(kind):
 
 
 def test_shipped_geneformer_beats_frequency_baseline_on_held_out_cells():
-    adata, info, tr, te = _pbmc_split("geneformer")
+    adata, info, tr, te = _blood_split("geneformer")
     m = load_model(datasets.demo_model_path("geneformer"))
     train = m.tokenize(adata[tr], gene_column="ensembl_id")
-    test = m.tokenize(adata[te[:30]], gene_column="ensembl_id")  # a small held-out slice
+    test = m.tokenize(adata[te], gene_column="ensembl_id")  # all 72 held-out cells
     ev = evaluate_geneformer(m.model, train, test, frac=0.15, seed=123)
     assert ev["n_masked"] > 300
     assert ev["trained"] > ev["frequency_baseline"] and ev["trained"] > ev["position_frequency_baseline"]
 
 
 def test_shipped_scgpt_beats_frequency_baseline_on_held_out_cells():
-    adata, info, tr, te = _pbmc_split("scgpt")
+    adata, info, tr, te = _blood_split("scgpt")
     path = datasets.demo_model_path("scgpt")
     m = load_model(path)
     train = m.tokenize(adata[tr])
@@ -143,7 +143,7 @@ def test_shipped_scgpt_beats_frequency_baseline_on_held_out_cells():
     assert ev["pearson_r"] > 0.3
 
 
-def test_shipped_demo_models_map_pbmc_cells():
+def test_shipped_demo_models_map_blood_cells():
     from sccircuits.inspect import inspect_data, inspect_model
 
     for kind in datasets.DEMO_KINDS:
@@ -151,13 +151,14 @@ def test_shipped_demo_models_map_pbmc_cells():
         facts = inspect_model(path)
         assert facts["kind"] == kind
         assert sum(f.stat().st_size for f in path.iterdir()) < 10e6
-    adata = datasets.pbmc()
+    adata = datasets.blood()
+    n_ens = int((adata.var["ensembl_id"] != "").sum())
     g = load_model(datasets.demo_model_path("geneformer")).tokenize(adata)  # symbols via the name dict
-    assert len(g) == 700 and g.info["genes_mapped"] >= 740
+    assert len(g) == 719 and g.info["genes_mapped"] >= n_ens
     s = load_model(datasets.demo_model_path("scgpt")).tokenize(adata)
-    assert len(s) == 700 and s.info["genes_mapped"] == 765
-    from sccircuits.datasets.pbmc import asset_path
+    assert len(s) == 719 and s.info["genes_mapped"] == adata.n_vars
+    from sccircuits.datasets.blood import asset_path
 
     for kind, column in (("geneformer", "ensembl_id"), ("scgpt", None)):
         facts = inspect_data(datasets.demo_model_path(kind), asset_path(), gene_column=column)
-        assert facts["cells_kept"] == 700 and facts["genes_mapped"] >= 740
+        assert facts["cells_kept"] == 719 and facts["genes_mapped"] >= n_ens

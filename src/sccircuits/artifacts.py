@@ -11,6 +11,7 @@ file's location, its column contract and the rules for finding it are written on
     RUN/trace/trace_meta.json                   trace     (inputs, features, annotation run)
     RUN/analysis/*.parquet, summary.json        analyze
     RUN/validation/*.parquet, summary.json      validate
+    RUN/celltypes/{activity,kruskal}.parquet    celltypes (CELLTYPE_TABLES)
     CMP/compare.json, CMP/*.parquet             compare   (a comparison directory)
 
 A stage's files are trusted only when the manifest says the stage is complete
@@ -43,8 +44,10 @@ ANNOTATE = "annotate"
 TRACE = "trace"
 ANALYZE = "analyze"
 VALIDATE = "validate"
+CELLTYPES = "celltypes"
 
 ANNOTATION_DIR, TRACE_DIR, ANALYSIS_DIR, VALIDATION_DIR = "annotation", "trace", "analysis", "validation"
+CELLTYPES_DIR = "celltypes"
 
 UNANNOTATED = "unannotated"
 """Label of a feature without a significant GO BP term (the one spelling everywhere)."""
@@ -261,11 +264,13 @@ def read_trace_tables(run: RunDir | str | os.PathLike) -> tuple[pd.DataFrame, pd
     return read_edges(rd), read_table(rd.path / trace_file("features")), read_table(rd.path / trace_file("null"))
 
 
-def read_trace_table(run: RunDir | str | os.PathLike, name: str) -> pd.DataFrame | None:
-    """``trace/NAME.parquet`` of a run whose trace stage completed; None when the trace is not
-    complete or (a table newer than the run's trace, e.g. ``d_distribution``) absent."""
+def read_trace_table(run: RunDir | str | os.PathLike, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """``trace/NAME.parquet`` (``columns``: only these) of a run whose trace stage completed; None
+    when the trace is not complete or (a table newer than the run's trace, e.g.
+    ``d_distribution``) absent."""
     rd = as_rundir(run)
-    return read_optional_table(rd.path / trace_file(name)) if rd.is_complete(TRACE) else None
+    path = rd.path / trace_file(name)
+    return read_table(path, only=columns) if rd.is_complete(TRACE) and path.is_file() else None
 
 
 # -- analysis and validation -----------------------------------------------------------------------
@@ -315,6 +320,26 @@ def read_validation_summary(run: RunDir | str | os.PathLike) -> list | dict | No
     """``validation/summary.json`` of a run whose validate stage completed, else None."""
     rd = as_rundir(run)
     return read_optional_json(rd.path / validation_file("summary.json")) if rd.is_complete(VALIDATE) else None
+
+
+# -- cell types (``sccircuits celltypes``) ----------------------------------------------------------
+CELLTYPE_TABLES = ("activity", "kruskal")
+
+
+def celltypes_file(name: str) -> str:
+    """``celltypes/NAME.parquet`` (relative to the run)."""
+    return f"{CELLTYPES_DIR}/{name}.parquet"
+
+
+def write_celltypes(run: RunDir, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Write the celltypes tables (:data:`CELLTYPE_TABLES`); returns their paths relative to the run."""
+    return [write_table(run, celltypes_file(name), tables[name]) for name in CELLTYPE_TABLES]
+
+
+def read_celltypes(run: RunDir | str | os.PathLike, name: str) -> pd.DataFrame | None:
+    """``celltypes/NAME.parquet`` of a run whose celltypes stage completed, else None."""
+    rd = as_rundir(run)
+    return read_optional_table(rd.path / celltypes_file(name)) if rd.is_complete(CELLTYPES) else None
 
 
 # -- a comparison directory (``sccircuits compare --out CMP``) -------------------------------------

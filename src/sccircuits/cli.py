@@ -18,8 +18,10 @@ from .activations import ExtractConfig
 from .analysis.config import AnalyzeConfig, CompareConfig
 from .annotate.config import AnnotateConfig
 from .atlas.config import AtlasConfig
+from .celltypes_config import CellTypeConfig
 from .cli_options import config_options
 from .datasets.go import BuildGOConfig
+from .datasets.msigdb import BuildMSigDBConfig
 from .demo import DemoConfig
 from .errors import SCCircuitsError
 from .pretrain_config import PretrainConfig
@@ -123,10 +125,23 @@ def genesets_build_go(cfg=None) -> None:
           f"{meta['sources']['go_release_date']}) and {meta['gene_table_rows']} gene id rows -> {cfg.out}")
 
 
+@genesets_app.command("build-msigdb")
+@config_options(BuildMSigDBConfig)
+def genesets_build_msigdb(cfg=None) -> None:
+    """MSigDB Hallmark, Reactome and WikiPathways gene sets (not KEGG/BioCarta) from the pegasuspy
+    wheel, symbols updated to current NCBI symbols."""
+    from .datasets.msigdb import build_msigdb
+
+    meta = build_msigdb(cfg)
+    for name, lib in meta["libraries"].items():
+        print(f"{name}: {lib['n_terms']} terms, {lib['n_genes']} genes, {lib['n_symbols_updated']} symbols updated")
+    print(f"-> {cfg.out}")
+
+
 @app.command("pretrain-demo")
 @config_options(PretrainConfig)
 def pretrain_demo_cmd(cfg=None) -> None:
-    """Train the small demo models on the bundled PBMC cells (masked gene / masked value prediction)."""
+    """Train the small demo models on the bundled blood cells (masked gene / masked value prediction)."""
     from .pretrain import pretrain_demo
 
     for name, report in pretrain_demo(cfg).items():
@@ -311,6 +326,20 @@ def compare_cmd(
     print(f"written to {out}")
 
 
+@app.command("celltypes")
+@config_options(CellTypeConfig)
+def celltypes_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory (extract and train-sae completed)"),
+    cfg=None,
+) -> None:
+    """Per-cell-type activity of every SAE feature and a Kruskal-Wallis test across cell types."""
+    from .celltypes import celltypes
+
+    m = celltypes(run, cfg)
+    print(f"{m['n_significant']} of {m['n_features_tested']} features differ by cell type (BH q < {cfg.alpha}); "
+          f"traced sources: {m['n_traced_significant']} of {m['n_traced_tested']} -> {run}/celltypes")
+
+
 # --- demo and report (issue 9) ---
 @app.command("demo")
 @config_options(DemoConfig)
@@ -318,7 +347,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("sccircuits-demo"), "--out", help="output directory (reruns reuse finished stages)"),
     cfg=None,
 ) -> None:
-    """Whole pipeline on the bundled PBMC cells with both demo models; writes OUT/report.html."""
+    """Whole pipeline on the bundled blood cells with both demo models; writes OUT/report.html."""
     from .demo import run_demo
 
     print(run_demo(out, cfg))

@@ -1,6 +1,7 @@
 """Pretraining of the small demo models shipped with sccircuits (``sccircuits pretrain-demo``).
 
-Two models are trained on the bundled PBMC cells (:func:`sccircuits.datasets.pbmc`), each with
+Two models are trained on the bundled blood cells (:func:`sccircuits.datasets.blood`, 719
+immune cells x 8,455 genes; ``data='pbmc'`` for the 765-gene PBMCs), each with
 its architecture's own objective, and saved in the real on-disk formats so they load through
 :func:`sccircuits.models.load_model` like published checkpoints:
 
@@ -502,14 +503,15 @@ def pretrain_scgpt(adata, train_idx: np.ndarray, test_idx: np.ndarray, cfg: Pret
 
 
 def pretrain_demo(cfg: PretrainConfig, adata=None) -> dict[str, dict]:
-    """Train the demo model(s) of ``cfg.kind`` on ``adata`` (default: the bundled PBMCs) into
+    """Train the demo model(s) of ``cfg.kind`` on ``adata`` (default: the bundled cells named by
+    ``cfg.data``) into
     ``cfg.out/demo-<kind>``; each directory gets a ``training.json`` (options, held-out cells,
     losses, evaluation). Returns {kind: that report + its path}. A directory is built under a
     temporary name and renamed when complete, so an interrupted run leaves no half model."""
     if adata is None:
-        from .datasets import pbmc
+        from . import datasets
 
-        adata = pbmc()
+        adata = datasets.blood() if cfg.data == "blood" else datasets.pbmc()
     if cfg.max_cells is not None:
         adata = adata[: cfg.max_cells].copy()
     train_idx, test_idx = split_cells(adata.n_obs, cfg.holdout_frac, cfg.seed)
@@ -525,7 +527,7 @@ def pretrain_demo(cfg: PretrainConfig, adata=None) -> dict[str, dict]:
             report = run(adata, train_idx, test_idx, cfg, tmp)
             report.update({"kind": kind, "options": to_dict(cfg), "threads": cfg.threads,
                            "held_out_cells": [str(adata.obs_names[i]) for i in test_idx],
-                           "note": ("demo model trained by sccircuits on the bundled PBMCs; "
+                           "note": (f"demo model trained by sccircuits on the bundled '{cfg.data}' cells; "
                                     "not Geneformer or scGPT")})
             (tmp / "training.json").write_text(json.dumps(report, indent=1) + "\n")
             if final.exists():

@@ -34,6 +34,8 @@ class PretrainConfig:
     scgpt_mask_frac: float = option(0.4, "fraction of gene values masked (scGPT)")
     threads: int = option(1, "CPU threads for torch during training (1 is fastest on a busy machine)")
     max_cells: int | None = option(None, "use only the first N cells (for quick tests)")
+    data: str = option("blood", "bundled training cells: 'blood' (719 immune cells x 8,455 genes, "
+                                "sccircuits.datasets.blood) or 'pbmc' (700 PBMCs x 765 genes)")
 
     def __post_init__(self) -> None:
         check(bool(self.out), "pretrain-demo: --out is required")
@@ -46,6 +48,7 @@ class PretrainConfig:
             check(0.0 < getattr(self, name) < 1.0, f"{name} must be in (0, 1), got {getattr(self, name)}")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.max_cells is None or self.max_cells >= 10, "max_cells must be >= 10")
+        check(self.data in ("blood", "pbmc"), f"pretrain-demo: data must be 'blood' or 'pbmc', got {self.data!r}")
 
     def kinds(self) -> list[str]:
         return list(KINDS) if self.kind == "both" else [self.kind]

@@ -388,6 +388,10 @@ def build_report(runs: list[str | os.PathLike], compare: str | os.PathLike | Non
              " source feature lowers the target feature (the source supports the target; the paper calls these"
              " edges 'inhibitory').</p>"]
 
+    from .report_biology import biology_section  # issue 15: biology first
+
+    parts.append(biology_section(data, None if compare is None else Path(compare), lambda r: _edges(r, cfg.capped)))
+
     parts.append("<h2>SAE quality per layer</h2>")
     if (img := figure_sae_quality(data)):
         parts.append(img)
