@@ -233,34 +233,35 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
         f"{setup.fingerprint}|ray-split|{int(split_layers)}|{task_features}".encode()).hexdigest()[:20]
     info, cells, features = setup.info, setup.cells, setup.features
     rd = RunDir(info["out"])
-    trace_dir = rd.path / st.STAGE
-    n_blocks = setup.n_blocks
-    meta = {"fingerprint": fp, "n_blocks": n_blocks, "config": to_dict(cfg), "model_kind": setup.adapter.kind,
-            "model_name": cfg.model_name or setup.adapter.kind,
-            "annotation": None if info["annotation"] is None else str(info["annotation"]),
-            "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
-            "features": {str(s): f.tolist() for s, f in features.items()},
-            "executor": {"kind": "ray", "num_workers": num_workers, "task_features": task_features,
-                         "split_layers": split_layers}}
-    rd.begin_stage(st.STAGE, cfg, inputs=meta["inputs"], fingerprint=fp)
-    atomic_write_json(trace_dir / st.META, meta)
+    with rd.hold(st.STAGE):
+        trace_dir = rd.path / st.STAGE
+        n_blocks = setup.n_blocks
+        meta = {"fingerprint": fp, "n_blocks": n_blocks, "config": to_dict(cfg), "model_kind": setup.adapter.kind,
+                "model_name": cfg.model_name or setup.adapter.kind,
+                "annotation": None if info["annotation"] is None else str(info["annotation"]),
+                "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
+                "features": {str(s): f.tolist() for s, f in features.items()},
+                "executor": {"kind": "ray", "num_workers": num_workers, "task_features": task_features,
+                             "split_layers": split_layers}}
+        rd.begin_stage(st.STAGE, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=info["fingerprints"])
+        atomic_write_json(trace_dir / st.META, meta)
 
-    stats = RayStats()
-    done_blocks = set()
-    for b in range(n_blocks):
-        if st.block_path(trace_dir, b).is_file():
-            st.load_block(st.block_path(trace_dir, b), fp)  # fingerprint check (clear error)
-            done_blocks.add(b)
-    stats.blocks_resumed = len(done_blocks)
-    tasks = [t for t in make_tasks(features, len(cells), cfg.checkpoint_every, task_features, split_layers)
-             if t.block not in done_blocks]
-    stats.tasks = len(tasks)
-    if tasks:
-        _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_per_worker, max_retries,
-                   fp, trace_dir, stats, progress, _crash_once, tqdm)
-    result = st.finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
-    result.metrics["executor"] = {"kind": "ray", "num_workers": num_workers, **vars(stats)}
-    return result
+        stats = RayStats()
+        done_blocks = set()
+        for b in range(n_blocks):
+            if st.block_path(trace_dir, b).is_file():
+                st.load_block(st.block_path(trace_dir, b), fp)  # fingerprint check (clear error)
+                done_blocks.add(b)
+        stats.blocks_resumed = len(done_blocks)
+        tasks = [t for t in make_tasks(features, len(cells), cfg.checkpoint_every, task_features, split_layers)
+                 if t.block not in done_blocks]
+        stats.tasks = len(tasks)
+        if tasks:
+            _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_per_worker, max_retries,
+                       fp, trace_dir, stats, progress, _crash_once, tqdm)
+        result = st.finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+        result.metrics["executor"] = {"kind": "ray", "num_workers": num_workers, **vars(stats)}
+        return result
 
 
 def _fitting_workers(resources: dict, cpus: float, gpus: float) -> int:

@@ -289,6 +289,14 @@ def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
 
     cfg = cfg or AnnotateConfig()
     rd = RunDir(run, create=False)
+    with rd.hold(STAGE):
+        return _annotate(rd, gene_sets, cfg, progress)
+
+
+def _annotate(rd: RunDir, gene_sets: Sequence[str | os.PathLike], cfg: AnnotateConfig, progress: bool) -> dict:
+    from ..activations import ActivationStore
+    from ..sae import load_saes
+
     libraries = load_libraries(gene_sets)
     label_library = find_label_library(list(libraries), cfg.label_library)
     networks = {}

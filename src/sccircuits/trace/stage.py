@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, InputError
-from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, read_json
+from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, content_fingerprint, read_json, resolve_recorded
 from .accumulators import Accumulators
 from .config import TraceConfig, parse_feature_spec
 from .edges import Thresholds, build_tables
@@ -57,9 +57,9 @@ def _resolve_inputs(run, model, data, saes, annotation, out) -> dict:
     if run is not None:
         rd = RunDir(run, create=False)
         ext = rd.stage("extract")
-        if ext:
-            info["model"] = info["model"] or ext.get("model_path")
-            info["data"] = info["data"] or ext.get("data_path")
+        if ext:  # paths recorded relative to the run directory (older runs: absolute)
+            info["model"] = info["model"] or resolve_recorded(ext.get("model_path"), rd.path)
+            info["data"] = info["data"] or resolve_recorded(ext.get("data_path"), rd.path)
             c = ext.get("config", {})
             for key, opt in (("gene_column", "gene_column"), ("counts_layer", "layer"), ("max_length", "max_length")):
                 if c.get(key) is not None:
@@ -188,11 +188,19 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
     return out
 
 
-def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_path) -> str:
+def input_fingerprints(info: dict, layers: list[int]) -> dict:
+    """Content fingerprints (not paths) of the model, the cells file and the SAEs of ``layers``:
+    a file overwritten in place changes them, a moved or copied one does not."""
+    from ..sae.io import sae_fingerprints
+
+    return {"model": content_fingerprint(info["model"]), "data": content_fingerprint(info["data"]),
+            "saes": sae_fingerprints(info["saes"], layers)}
+
+
+def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict) -> str:
     """Everything a block's numbers depend on; blocks of different fingerprints never mix."""
     key = {"features": {str(s): f.tolist() for s, f in features.items()}, "targets": {str(s): t for s, t in targets.items()},
-           "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(),
-           "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
+           "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(), "inputs": inputs,
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -264,7 +272,9 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
     info["tokenize"] = tok_opts
     cells = _select_cells(adapter, info["data"], cfg, tok_opts)
     features = _choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
-    fp = _fingerprint(cfg, features, targets, cells, info["model"], info["saes"])
+    used = sorted(set(targets) | {t for ts in targets.values() for t in ts})
+    info["fingerprints"] = input_fingerprints(info, used)
+    fp = _fingerprint(cfg, features, targets, cells, info["fingerprints"])
     return TraceSetup(cfg, info, adapter, all_saes, targets, cells, features, fp)
 
 
@@ -277,19 +287,25 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     ``data`` (.h5ad), ``saes`` (our layout or bio-sae) and ``out`` (the run dir receiving
     ``trace/``). ``config`` or keyword ``options`` set :class:`TraceConfig`.
     """
+    cfg = config if config is not None else TraceConfig(**options)
+    t_start = time.time()
+    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
+                          config=cfg, progress=progress)
+    rd = RunDir(setup.info["out"])
+    i, n = cfg.shard_index, cfg.n_shards
+    with rd.hold(STAGE, shard=None if n == 1 else f"{STAGE}-shard-{i}of{n}"):
+        return _trace_blocks(setup, rd, t_start, progress)
+
+
+def _trace_blocks(setup: TraceSetup, rd: RunDir, t_start: float, progress: bool) -> TraceResult:
+    """Compute this shard's missing blocks (all blocks without --shard), then the tables."""
     import torch
     from tqdm.auto import tqdm
 
     from .engine import AblationEngine, TracePlan
 
-    cfg = config if config is not None else TraceConfig(**options)
-    t_start = time.time()
-    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
-                          config=cfg, progress=progress)
-    info, adapter, all_saes = setup.info, setup.adapter, setup.saes
+    cfg, info, adapter, all_saes = setup.cfg, setup.info, setup.adapter, setup.saes
     targets, cells, features, fp = setup.targets, setup.cells, setup.features, setup.fingerprint
-
-    rd = RunDir(info["out"])
     trace_dir = rd.path / STAGE
     n_blocks = -(-len(cells) // cfg.checkpoint_every)
     i, n = cfg.shard_index, cfg.n_shards
@@ -299,7 +315,7 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
             "model_name": cfg.model_name or adapter.kind, "annotation": None if info["annotation"] is None else str(info["annotation"]),
             "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
             "features": {str(s): f.tolist() for s, f in features.items()}}
-    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
+    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=info["fingerprints"])
     atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
 
     done = _finished_statistics(trace_dir, fp) if n == 1 else None
@@ -353,8 +369,9 @@ def merge(shard_dirs, out=None, progress: bool = True) -> TraceResult:
     meta = metas[0]
     cfg = from_dict(TraceConfig, {**meta["config"], "shard": "0/1"})
     rd = RunDir(out if out is not None else trace_dirs[0].parent)
-    rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
-    return finish_trace(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
+    with rd.hold("merge"):
+        rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
+        return finish_trace(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
 
 
 def _fold_blocks(trace_dirs: list[Path], meta: dict, progress: bool = True) -> Accumulators:
