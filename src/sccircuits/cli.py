@@ -32,6 +32,21 @@ def version() -> None:
     print(__version__)
 
 
+def _int_list(value: Optional[str], option: str) -> Optional[list[int]]:
+    """'0,5,11' -> [0, 5, 11] (None stays None); anything else is a one-line error naming the option."""
+    from .errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, e.g. 0,5,11; got {value!r}") from None
+    if not out:
+        raise ConfigError(f"{option} is empty")
+    return out
+
+
 # --- commands are added below this line, one block per stage (keep blocks in pipeline order) ---
 
 
@@ -295,6 +310,8 @@ def extract_cmd(
     device: str = typer.Option("cpu", "--device", help="torch device"),
     gene_column: Optional[str] = typer.Option(None, "--gene-column", help="var column with gene ids/symbols"),
     counts_layer: Optional[str] = typer.Option(None, "--counts-layer", help="AnnData layer with raw counts"),
+    shard_mb: float = typer.Option(256.0, "--shard-mb", help="target size of one layer's shard in MiB (the unit "
+                                   "of resume: a killed run redoes at most one shard)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace activations extracted with other options"),
 ) -> None:
     """Residual activations at every gene position of the chosen layers, streamed to disk (resumable)."""
@@ -302,7 +319,7 @@ def extract_cmd(
 
     cfg = ExtractConfig(layers=layers, n_cells=n_cells, sample_seed=sample_seed, stratify_by=stratify_by,
                         dtype=dtype, tokenization=tokenization, batch_size=batch_size, device=device,
-                        gene_column=gene_column, counts_layer=counts_layer)
+                        gene_column=gene_column, counts_layer=counts_layer, shard_mb=shard_mb)
     store = extract(out, model, data, cfg, overwrite=overwrite)
     print(f"{len(store.cells())} cells, {store.n_positions} gene positions x {len(store.layers)} layers "
           f"(d_model {store.d_model}) -> {store.path}")
@@ -499,7 +516,7 @@ def trace_cmd(
     from .trace import TraceConfig
     from .trace_ray import run_trace
 
-    layers = None if source_layers is None else [int(x) for x in source_layers.split(",") if x.strip()]
+    layers = _int_list(source_layers, "--source-layers")
     cfg = TraceConfig(source_layers=layers, n_features=n_features, features=features, all_active=all_active,
                       selection=selection, n_cells=n_cells, sample_seed=sample_seed, tokenization=tokenization,
                       gene_column=gene_column, device=device, dtype=dtype, batch_size=batch_size,
@@ -553,7 +570,7 @@ def check_dtype_cmd(
     from .plan import dtype_agreement
     from .trace import TraceConfig
 
-    layers = None if source_layers is None else [int(x) for x in source_layers.split(",") if x.strip()]
+    layers = _int_list(source_layers, "--source-layers")
     cfg = TraceConfig(source_layers=layers, n_features=n_features, selection=selection, n_cells=n_cells,
                       device=device, batch_size=batch_size)
     print(dtype_agreement(run, model=model, data=data, saes=saes, config=cfg, dtype=dtype, n_cells=n_cells))
@@ -564,11 +581,22 @@ def check_dtype_cmd(
 
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2."""
+    import signal
+
+    from .errors import Interrupted
+
+    def interrupted(signum, frame):
+        raise Interrupted()
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         app()
     except SCCircuitsError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted:
+        console.print("interrupted; rerun the same command to resume", highlight=False)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 from . import __version__
 from .config import to_dict
-from .errors import InputError, SCCircuitsError
+from .errors import InputError, Interrupted, SCCircuitsError
 
 MANIFEST = "manifest.json"
 RUN_LOCK = ".run.lock"
@@ -374,7 +374,7 @@ class RunDir:
         with contextlib.suppress(Exception):
             open_stages = [n for n in self._begun if self._begun[n].get("status") != "complete"]
             if open_stages:
-                status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                status = "interrupted" if isinstance(error, (KeyboardInterrupt, Interrupted)) else "failed"
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
 
                 def fn(m: dict) -> None:

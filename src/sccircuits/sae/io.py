@@ -168,8 +168,9 @@ def load_bio_sae(layer_dir: str | os.PathLike, mean_path: str | os.PathLike | No
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(ckpt_path, f"cannot load with weights_only=True ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        from ..models.pickles import torch_load_refusal
+
+        raise InputError(ckpt_path, torch_load_refusal(e)) from None
     sd = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     keys = ("W_enc.weight", "W_enc.bias", "W_dec.weight", "W_dec.bias")
     if not isinstance(sd, dict) or any(k not in sd for k in keys):

@@ -315,7 +315,8 @@ def _trace_blocks(setup: TraceSetup, rd: RunDir, t_start: float, progress: bool)
             "model_name": cfg.model_name or adapter.kind, "annotation": None if info["annotation"] is None else str(info["annotation"]),
             "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
             "features": {str(s): f.tolist() for s, f in features.items()}}
-    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=info["fingerprints"])
+    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=info["fingerprints"],
+                   upstream=rd.stamps("train-sae", "annotate"))
     atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
 
     done = _finished_statistics(trace_dir, fp) if n == 1 else None
