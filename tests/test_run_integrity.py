@@ -336,7 +336,7 @@ def test_cli_extract_shard_size(tmp_path, inputs, tiny_geneformer):
     from sccircuits.cli import app
 
     args = ["extract", "--model", str(tiny_geneformer), "--data", str(inputs["cells"]), "--layers", "0",
-            "--dtype", "float32", "--out"]
+            "--dtype", "float32", "--batch-size", "2", "--out"]
     for name, mb in (("one", "256"), ("many", "0.002")):
         res = CliRunner().invoke(app, args + [str(tmp_path / name), "--shard-mb", mb])
         assert res.exit_code == 0, res.output

@@ -79,6 +79,12 @@ def temp_path(final: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file written by a library that picks its own mode (safetensors: 0600) the mode an
+    ordinary ``open(path, "w")`` would have given it."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old or the new file, never half."""
     path = Path(path)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..rundir import atomic_write_json, temp_path
+from ..rundir import atomic_write_json, follow_umask, temp_path
 from .model import TopKSAE
 
 CFG_FILE = "cfg.json"
@@ -95,6 +95,7 @@ def save_sae(sae: TopKSAE, path: str | os.PathLike) -> Path:
     for name, tensors in ((WEIGHTS_FILE, folded), (CENTRING_FILE, centring)):
         tmp = temp_path(path / name)
         save_file(tensors, str(tmp))
+        follow_umask(tmp)
         os.replace(tmp, path / name)
     atomic_write_json(path / CFG_FILE, saelens_cfg(sae))
     return path
