@@ -153,14 +153,19 @@ def test_analyze_input_errors_name_the_file(tmp_path):
 def test_compare_consensus_table_and_nulls(runs, tmp_path):
     a, b = runs
     out = tmp_path / "cmp"
-    cfg = CompareConfig(n_perm=49, n_rewire=49, seed=42, contrasts=["gf_k562:scgpt_ts"], progress=False,
-                        analyze=AnalyzeConfig(n_perm=19, progress=False))
+    cfg = CompareConfig(n_perm=49, n_rewire=49, n_edge_perm=49, disease_n_perm=49, seed=42,
+                        contrasts=["gf_k562:scgpt_ts"], progress=False, analyze=AnalyzeConfig(n_perm=19, progress=False))
     r = compare([a.path, b.path], f"geneformer={a.path};scgpt=scgpt_ts", out, cfg)
     c = r["consensus"]["all"]
     assert c["pairs_per_group"] == {"geneformer": 4, "scgpt": 3}
     assert c["n_consensus"] == 2  # (GO:1, GO:2) and (GO:3, GO:3)
-    for null in ("label_permutation_null", "rewiring_null"):
+    for null in ("label_permutation_null", "rewiring_null", "edge_permutation_null"):
         assert 1 / 50 <= c[null]["p_value"] <= 1 and c[null]["n_draws"] == 49
+    assert c["headline_null"] == "edge_permutation_null"
+    # (GO:3, GO:3) is a self pair in both groups: held fixed by the edge permutation, reported apart
+    assert c["n_consensus_self_pairs"] == 1 and c["n_consensus_other_pairs"] == 1
+    nulls = pd.read_parquet(out / "consensus_null.parquet")
+    assert (nulls[nulls["null"] == "edge_permutation"]["size"] >= 1).all()
     cp = pd.read_parquet(out / "consensus_pairs.parquet")
     allp = cp[cp["edge_set"] == "all"]
     assert sorted(zip(allp["source_domain"], allp["target_domain"])) == [("GO:1", "GO:2"), ("GO:3", "GO:3")]
@@ -178,6 +183,7 @@ def test_compare_consensus_table_and_nulls(runs, tmp_path):
     assert (imm.focus_only_in_class, imm.shared_in_class) == (1, 1)
     d = pd.read_parquet(out / "disease.parquet").set_index("category")
     assert d.loc["any", "n_pairs"] >= 1
+    assert d.loc["any", "degree_null_draws"] == 49 and 0 < d.loc["any", "degree_null_p"] <= 1
     assert (out / "novel_pairs.parquet").is_file() and (out / "hierarchy.parquet").is_file()
 
 

@@ -412,17 +412,22 @@ def compare_cmd(
     out: Path = typer.Option(..., "--out", help="output directory"),
     permutations: int = typer.Option(1000, "--permutations", help="draws of the label-permutation null"),
     rewirings: int = typer.Option(1000, "--rewirings", help="draws of the degree-preserving rewiring null"),
-    seed: int = typer.Option(42, "--seed", help="seed of both nulls"),
+    edge_permutations: int = typer.Option(1000, "--edge-permutations",
+                                          help="draws of the edge-permutation null (headline consensus null)"),
+    disease_permutations: int = typer.Option(1000, "--disease-permutations",
+                                             help="draws of the degree-conditioned disease null"),
+    seed: int = typer.Option(42, "--seed", help="seed of the consensus and disease nulls"),
     edge_sets: str = typer.Option("all,capped", "--edge-sets", help="all (uncapped) and/or capped"),
     contrast: list[str] = typer.Option([], "--contrast", help="tissue contrast FOCUS:BASELINE (repeatable)"),
     gene_sets: Optional[Path] = typer.Option(None, "--gene-sets", help="GMT of domain term genes for novel relations"),
     disease_gmt: Optional[Path] = typer.Option(None, "--disease-gmt", help="independent disease gene sets "
                                                "(default: compat keyword categories from GO names)"),
 ) -> None:
-    """Comparison table, cross-model consensus with two nulls, novelty, hierarchy, tissue and disease tests."""
+    """Comparison table, cross-model consensus with three nulls, novelty, hierarchy, tissue and disease tests."""
     from .analysis import CompareConfig, compare
 
-    cfg = CompareConfig(n_perm=permutations, n_rewire=rewirings, seed=seed,
+    cfg = CompareConfig(n_perm=permutations, n_rewire=rewirings, n_edge_perm=edge_permutations,
+                        disease_n_perm=disease_permutations, seed=seed,
                         edge_sets=[x.strip() for x in edge_sets.split(",") if x.strip()], contrasts=list(contrast),
                         gene_sets=None if gene_sets is None else str(gene_sets),
                         disease_gmt=None if disease_gmt is None else str(disease_gmt))
@@ -431,8 +436,10 @@ def compare_cmd(
         if "n_consensus" not in c:
             print(f"{es}: {c['note']}")
             continue
-        lab, rew = c["label_permutation_null"], c["rewiring_null"]
-        print(f"{es}: {c['n_consensus']} consensus pairs ({c['n_high_confidence']} high-confidence); "
+        lab, rew, edg = c["label_permutation_null"], c["rewiring_null"], c["edge_permutation_null"]
+        print(f"{es}: {c['n_consensus']} consensus pairs ({c['n_high_confidence']} high-confidence, "
+              f"{c['n_consensus_self_pairs']} self pairs); edge permutation (headline) "
+              f"{edg['fold_enrichment']:.2f}x (p={edg['p_value']:.3g}), "
               f"label permutation {lab['fold_enrichment']:.2f}x (p={lab['p_value']:.3g}), "
               f"rewiring {rew['fold_enrichment']:.2f}x (p={rew['p_value']:.3g})")
     print(f"written to {out}")

@@ -123,7 +123,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bo
     compare_dir = None
     if len(runs) > 1:
         compare_dir = out / "compare"
-        ccfg = CompareConfig(n_perm=cfg.n_perm, n_rewire=cfg.n_perm)
+        ccfg = CompareConfig(n_perm=cfg.n_perm, n_rewire=cfg.n_perm, n_edge_perm=cfg.n_perm, disease_n_perm=cfg.n_perm)
         groups = ";".join(f"{k}={p}" for k, p in runs.items())
         _say("compare ...")
         compare(list(runs.values()), groups=groups, out=compare_dir, cfg=ccfg)

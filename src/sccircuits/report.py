@@ -187,27 +187,53 @@ def coherence_section(r: RunData) -> str:
 
 
 def consensus_section(cdir: Path) -> str:
-    """Cross-model consensus with both nulls, from compare.json and consensus_null.parquet."""
+    """Cross-model consensus with its three nulls (edge permutation = headline), from compare.json
+    and consensus_null.parquet."""
     res = _read_json(cdir / "compare.json")
     if not res:
         return "<p class='na'>compare has not run</p>"
     rows, imgs = [], []
     null = _read_parquet(cdir / "consensus_null.parquet")
     for edge_set, c in (res.get("consensus") or {}).items():
-        for kind in ("label_permutation_null", "rewiring_null"):
+        for kind in ("edge_permutation_null", "label_permutation_null", "rewiring_null"):
+            if kind not in c:
+                continue
             n = c.get(kind) or {}
-            rows.append({"edges": edge_set, "null": kind.replace("_null", "").replace("_", " "),
-                         "consensus pairs": c.get("n_consensus"), "expected": n.get("expected"),
-                         "fold": n.get("fold_enrichment"), "p": n.get("p_value"), "draws": n.get("n_draws"),
-                         "high-confidence pairs": c.get("n_high_confidence"),
-                         "pairs per group": json.dumps(c.get("pairs_per_group"))})
+            rows.append({"edges": edge_set, "null": kind.replace("_null", "").replace("_", " ")
+                         + (" (headline)" if c.get("headline_null") == kind else ""),
+                         "consensus pairs": c.get("n_consensus"), "of which self pairs": c.get("n_consensus_self_pairs"),
+                         "expected": n.get("expected"), "fold": n.get("fold_enrichment"), "p": n.get("p_value"),
+                         "draws": n.get("n_draws"), "high-confidence pairs": c.get("n_high_confidence"),
+                         "pairs per group": json.dumps(c.get("pairs_per_group")),
+                         "self pairs per group": json.dumps(c.get("self_pairs_per_group"))})
             if null is not None and len(null) and edge_set == "all":
                 sel = null[(null.edge_set == edge_set) & (null["null"] == kind.replace("_null", ""))]
                 img = figure_null(sel["size"].to_numpy(), float(c.get("n_consensus") or 0),
                                   f"consensus pairs ({kind.replace('_', ' ')})", kind)
                 if img and sel["size"].max() > 0:
                     imgs.append(img)
-    return _table(pd.DataFrame(rows).round(4)) + "".join(imgs)
+    note = ("<p class='note'>Edge permutation (headline): each non-first group's edges keep their source "
+            "domain and get a permuted target domain (never a new self pair), so every domain keeps its "
+            "popularity and each group its self pairs (held fixed, so counted apart, not tested). The label "
+            "permutation ignores domain popularity and the pair-level rewiring ignores self pairs; both report "
+            "overlap between independent models (tests/test_nulls.py).</p>")
+    return note + _table(pd.DataFrame(rows).round(4)) + "".join(imgs)
+
+
+def disease_section(cdir: Path) -> str:
+    """Disease pairs vs consensus: the naive Fisher test beside the degree-conditioned null."""
+    res = _read_json(cdir / "compare.json")
+    t = _read_parquet(cdir / "disease.parquet")
+    if not res or t is None or not len(t):
+        return "<p class='na'>no disease table</p>"
+    d = res.get("disease") or {}
+    cols = {"category": "category", "n_pairs": "disease pairs", "consensus_in_category": "consensus disease pairs",
+            "odds_ratio": "Fisher OR (naive)", "p_value": "Fisher p (naive)", "degree_null_mean": "expected (degree null)",
+            "degree_null_fold": "fold (degree null)", "degree_null_p": "p (degree null)"}
+    t = t[[c for c in cols if c in t]].rename(columns=cols)
+    return (f"<p class='note'>Categories: {html.escape(str(d.get('mode')))}. Fisher treats pairs as independent "
+            "and is confounded by domain degree (popular domains are in more consensus pairs and more disease "
+            f"categories). Degree null: {html.escape(str(d.get('degree_null')))}.</p>" + _table(t.round(4)))
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -379,6 +405,7 @@ def build_report(runs: list[str | os.PathLike], compare: str | os.PathLike | Non
         pairs = _read_parquet(cdir / "consensus_pairs.parquet")
         if pairs is not None and len(pairs):
             parts.append("<h3>Consensus pairs</h3>" + _table(pairs.head(50)))
+        parts.append("<h3>Disease pairs and consensus</h3>" + disease_section(cdir))
 
     if any(r.validation for r in data):
         parts.append("<h2>Validation against CRISPRi Perturb-seq</h2>")

@@ -69,6 +69,21 @@ def permutation_p(observed: float, null: np.ndarray, alternative: str = "greater
     return float((1 + k) / (1 + null.size))
 
 
+def stratified_permutations(strata, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random permutations (rows of an (n, len(strata)) int64 array), each keeping strata.
+
+    Row ``perm`` satisfies ``strata[perm[i]] == strata[i]`` for every i: items are shuffled
+    only among items of the same stratum. Vectorised (one lexsort over all rows).
+    """
+    strata = np.asarray(strata)
+    grouped = np.argsort(strata, kind="stable")
+    keys = np.broadcast_to(strata, (n, strata.size))
+    shuffled = np.lexsort((rng.random((n, strata.size)), keys), axis=-1)
+    perm = np.empty((n, strata.size), dtype=np.int64)
+    perm[:, grouped] = shuffled
+    return perm
+
+
 def welford_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Merge two (count, mean, M2) accumulators exactly (Chan et al.); works elementwise."""
     n_a = np.asarray(n_a, dtype=np.float64)

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from tqdm.auto import tqdm
 
-from ..stats import permutation_p
+from ..stats import permutation_p, stratified_permutations
 
 EXCLUDED_LIBRARIES = ("string", "trrust")
 TermSets = dict[int, dict[int, frozenset[str]]]  # layer -> feature -> significant term ids
@@ -63,12 +63,7 @@ def richness_strata(n_terms) -> np.ndarray:
 
 def stratified_permutation(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random permutation ``perm`` with ``strata[perm[i]] == strata[i]`` for every i."""
-    strata = np.asarray(strata)
-    grouped = np.argsort(strata, kind="stable")
-    shuffled = np.lexsort((rng.random(strata.size), strata))
-    perm = np.empty(strata.size, dtype=np.int64)
-    perm[grouped] = shuffled
-    return perm
+    return stratified_permutations(strata, 1, rng)[0]
 
 
 class _Layer:

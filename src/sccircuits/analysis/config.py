@@ -43,14 +43,17 @@ class CompareConfig:
 
     n_perm: int = option(1000, "draws of the label-permutation null (published: 1,000)")
     n_rewire: int = option(1000, "draws of the degree-preserving rewiring null")
+    n_edge_perm: int = option(1000, "draws of the edge-permutation null (headline: keeps domain popularity and self pairs)")
     rewire_swaps_per_draw: float = option(1.0, "swap attempts between rewiring draws, in units of the number of pairs")
-    seed: int = option(42, "seed of both consensus nulls (published: 42)")
+    seed: int = option(42, "seed of the consensus and disease nulls (published: 42)")
     high_conf_abs_d: float = option(1.0, "high-confidence consensus pair: mean |d| above this in every group")
     edge_sets: list[str] = option(factory=lambda: ["all", "capped"], help="edge sets to compare: all (uncapped) and/or capped")
     contrasts: list[str] = option(factory=list, help="tissue contrasts 'FOCUS:BASELINE' (run names or paths), e.g. same model+SAE, other cells")
     gene_sets: str | None = option(None, "GMT with each domain term's genes (novel relations; default: union of top genes)")
     disease_gmt: str | None = option(None, "independent disease gene sets (GMT); default: compat keyword categories from GO names")
     q_max: float = option(0.05, "FDR level for novel relations and disease membership")
+    disease_n_perm: int = option(1000, "draws of the degree-conditioned disease null (0: Fisher only)")
+    disease_min_stratum: int = option(5, "degree-conditioned disease null: fewest domains per degree stratum")
     min_shared_genes: int = option(3, "compat novel rule: fewer than this many shared genes")
     analyze: AnalyzeConfig = option(factory=AnalyzeConfig, help="options of the per-run summaries when a run has no analysis yet")
     progress: bool = option(True, "show progress bars")
@@ -58,7 +61,10 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if isinstance(self.analyze, dict):
             self.analyze = AnalyzeConfig(**self.analyze)
-        check(self.n_perm >= 0 and self.n_rewire >= 0, "n_perm and n_rewire must be >= 0")
+        check(self.n_perm >= 0 and self.n_rewire >= 0 and self.n_edge_perm >= 0,
+              "n_perm, n_rewire and n_edge_perm must be >= 0")
+        check(self.disease_n_perm >= 0, "disease_n_perm must be >= 0")
+        check(self.disease_min_stratum >= 1, "disease_min_stratum must be >= 1")
         check(self.rewire_swaps_per_draw > 0, "rewire_swaps_per_draw must be > 0")
         self.edge_sets = [str(x) for x in self.edge_sets]
         check(len(self.edge_sets) > 0 and all(x in EDGE_SETS for x in self.edge_sets),

@@ -259,10 +259,12 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
         observed = len(cons.consensus(sets))
         lab = cons.label_permutation_null(sets, cfg.n_perm, cfg.seed, progress=cfg.progress)
         rew = cons.rewiring_null(sets, cfg.n_rewire, cfg.seed, cfg.rewire_swaps_per_draw, progress=cfg.progress)
+        edg = cons.edge_permutation_null(gp, cfg.n_edge_perm, cfg.seed, progress=cfg.progress)
         ct = cons.consensus_table(gp, cfg.high_conf_abs_d)
         cons_rows.append(ct.assign(edge_set=es))
         null_rows += [pd.DataFrame({"edge_set": es, "null": "label_permutation", "draw": np.arange(lab.size), "size": lab}),
-                      pd.DataFrame({"edge_set": es, "null": "rewiring", "draw": np.arange(rew.size), "size": rew})]
+                      pd.DataFrame({"edge_set": es, "null": "rewiring", "draw": np.arange(rew.size), "size": rew}),
+                      pd.DataFrame({"edge_set": es, "null": "edge_permutation", "draw": np.arange(edg.size), "size": edg})]
         result["consensus"][es] = {
             "pairs_per_group": {g: len(s) for g, s in sets.items()},
             "n_consensus": observed,
@@ -272,6 +274,12 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
                                        "method": "random bijection of each non-first group's sorted domains"},
             "rewiring_null": {**cons.null_summary(observed, rew), "seed": cfg.seed,
                               "method": "directed double-edge swaps preserving out/in degree, no duplicate pairs"},
+            "edge_permutation_null": {**cons.null_summary(observed, edg), "seed": cfg.seed,
+                                      "method": "target domains of each non-first group's non-self edges permuted "
+                                                "(no new self pairs), collapsed to pairs: keeps every domain's edge "
+                                                "out/in degree and the self pairs"},
+            "headline_null": "edge_permutation_null",
+            **cons.self_pair_summary(sets),
         }
 
     # union of pairs over all runs (primary edge set) for novelty, hierarchy and disease
@@ -307,7 +315,15 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
         dtests = pd.DataFrame({"domain": list(cats), "categories": [sorted(c) for c in cats.values()]})
         mode = "compat keyword categories from GO term names (circular when labels come from GO)"
     dtable = dis.disease_vs_consensus(union, union["consensus"], cats)
-    result["disease"] = {"mode": mode, "edge_set": es0, "tests": dtable.to_dict("records")}
+    if cfg.disease_n_perm and len(union):
+        dnull = dis.degree_conditioned_null(union, union["consensus"], cats, cfg.disease_n_perm, cfg.seed,
+                                            cfg.disease_min_stratum)
+        dtable = dtable.merge(dnull.drop(columns="consensus_in_category"), on="category", how="left")
+    result["disease"] = {"mode": mode, "edge_set": es0, "tests": dtable.to_dict("records"),
+                         "fisher": "pairs as independent units; confounded by domain degree (naive)",
+                         "degree_null": ("disease categories permuted among domains of the same degree stratum "
+                                         f"(>= {cfg.disease_min_stratum} domains); count of consensus pairs with a "
+                                         "disease end; two-sided p") if cfg.disease_n_perm else None}
 
     tissue_rows = []
     for c in cfg.contrasts:
