@@ -1,7 +1,7 @@
 """A deliberately naive, independent implementation of the published tracing loop.
 
 Used only to check the real tracer (``sccircuits.trace``) and by ``benchmarks/trace_speed.py``.
-It follows method notes §5 literally, the way the published scripts did:
+It follows docs/method.md §5 literally, the way the published scripts did:
 
 * for every cell, for every source layer, for every traced feature that fires in the cell:
   ONE full forward pass of the whole model, batch 1, with a forward hook on block ``s`` that

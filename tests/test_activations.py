@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sccircuits.rundir import RunDir
-from sccircuits.activations import ActivationStore, ExtractConfig, extract, parse_layers, plan_shards, select_cells
+from sccircuits.activations import ActivationStore, ExtractConfig, extract, plan_shards, select_cells
+from sccircuits.config import parse_layers
 from sccircuits.errors import ConfigError, InputError
 from sccircuits.models import load_model
 
@@ -41,12 +42,12 @@ def test_select_cells_first_n_random_and_stratified():
 
 
 def test_parse_layers_and_config_errors():
-    assert parse_layers("all", 4) == [0, 1, 2, 3]
-    assert parse_layers("3, 0,3", 4) == [0, 3]
+    assert parse_layers("all", n_layers=4, allow_all=True) == [0, 1, 2, 3]
+    assert parse_layers("3, 0,3", n_layers=4) == [0, 3]
     with pytest.raises(ConfigError):
-        parse_layers("0,9", 4)
+        parse_layers("0,9", n_layers=4)
     with pytest.raises(ConfigError):
-        parse_layers("a,b", 4)
+        parse_layers("a,b", n_layers=4)
     with pytest.raises(ConfigError):
         ExtractConfig(dtype="int8")
 

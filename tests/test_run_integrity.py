@@ -283,7 +283,7 @@ def test_cli_source_layers_typo_is_one_line(tmp_path):
                            "--saes", "s", "--out", str(tmp_path / "o"), "--source-layers", "a,b"],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "--source-layers must be comma-separated integers" in proc.stderr
+    assert "source_layers must be comma-separated integers, got 'a,b'" in proc.stderr
 
 
 # ------------------------------------------------------------------------ shareable outputs

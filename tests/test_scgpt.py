@@ -168,39 +168,6 @@ def test_official_binning_rule_agrees(tiny_adata):
 # --------------------------------------------------------------------------------------------
 
 
-def test_run_from_reproduces_clean_pass(model, padded_batch):
-    layers = list(range(-1, model.n_layers))
-    clean = model.hidden_states(padded_batch, layers)
-    for s in range(-1, model.n_layers - 1):
-        resumed = model.run_from(s, clean[s], padded_batch)
-        assert sorted(resumed) == list(range(s + 1, model.n_layers))
-        for layer, h in resumed.items():
-            torch.testing.assert_close(h, clean[layer], atol=ATOL, rtol=0)
-    part = model.run_from(0, clean[0], padded_batch, until=2, layers=[2])
-    assert list(part) == [2]
-    torch.testing.assert_close(part[2], clean[2], atol=ATOL, rtol=0)
-
-
-def test_run_from_patch_changes_only_later_layers(model, padded_batch):
-    clean = model.hidden_states(padded_batch, range(model.n_layers))
-    patched = clean[1].clone()
-    patched[0, 1] += 1.0  # one gene position of the first cell
-    out = model.run_from(1, patched, padded_batch)
-    assert set(out) == {2, 3}
-    assert not torch.allclose(out[2][0], clean[2][0], atol=1e-3)
-    torch.testing.assert_close(out[3][1:], clean[3][1:], atol=ATOL, rtol=0)  # other cells untouched
-
-
-def test_padding_does_not_change_real_positions(model, tiny_adata):
-    cells = model.tokenize(tiny_adata, gene_column="gene_symbols")
-    short, long_ = int(np.argmin(cells.lengths())), int(np.argmax(cells.lengths()))
-    alone = model.hidden_states(model.batch(cells, [short]), [model.n_layers - 1])[model.n_layers - 1]
-    both = model.batch(cells, [long_, short])
-    padded = model.hidden_states(both, [model.n_layers - 1])[model.n_layers - 1]
-    n = len(cells.input_ids[short])
-    torch.testing.assert_close(padded[1, :n], alone[0], atol=ATOL, rtol=0)
-
-
 def test_flash_attention_names_load_identically(tmp_path, tiny_scgpt, model, padded_batch):
     flash = testing.make_tiny_scgpt(tmp_path / "flash", n_genes=60, n_layers=4, d_model=32, seed=0,
                                     flash_names=True)
@@ -407,14 +374,3 @@ def test_bad_vocab_and_wrong_directories(tiny_scgpt, tmp_path):
         ScGPTAdapter.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(InputError, match="got a file"):
         ScGPTAdapter.from_pretrained(tiny_scgpt / "args.json")
-
-
-def test_bfloat16_runs_and_resumes_exactly(tiny_scgpt, model, padded_batch):
-    low = load_model(tiny_scgpt, dtype="bfloat16")
-    clean = low.hidden_states(padded_batch, [1, 3])
-    assert clean[3].dtype == torch.bfloat16 and torch.isfinite(clean[3].float()).all()
-    ref = model.hidden_states(padded_batch, [3])[3]
-    real = padded_batch.attention_mask
-    corr = torch.corrcoef(torch.stack([clean[3][real].float().flatten(), ref[real].flatten()]))[0, 1]
-    assert corr > 0.99
-    assert torch.equal(low.run_from(1, clean[1], padded_batch)[3], clean[3])  # same kernels

@@ -118,6 +118,8 @@ def test_config_and_feature_spec():
         TraceConfig(shard="3/3")
     with pytest.raises(ConfigError):
         TraceConfig(selection="best")
-    cfg = TraceConfig(compat="reference", tokenization="official", top_per_layer=0)
+    with pytest.raises(ConfigError, match="--top-per-layer 0 contradicts --compat reference"):
+        TraceConfig(compat="reference", top_per_layer=0)
+    cfg = TraceConfig(compat="reference", tokenization="reference", top_per_layer=50)
     assert cfg.tokenization == "reference" and cfg.top_per_layer == 50 and cfg.min_cells == 2
     assert from_dict(TraceConfig, to_dict(cfg)) == cfg

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import check, option, to_dict
-from .errors import ConfigError, InputError
+from .config import apply_compat, check, compat_option, option, parse_layers, to_dict
+from .errors import InputError
 from .rundir import RunDir, atomic_write_json, content_fingerprint, portable_path, read_json, temp_path
 
 STAGE = "extract"
@@ -53,17 +53,20 @@ class ExtractConfig:
     sample_seed: int | None = option(None, "seed of a random sample of --n-cells cells (kept in file order)")
     stratify_by: str | None = option(None, "obs column: sample cells proportionally within its groups")
     dtype: str = option("float16", "storage dtype of the activations: float16 or float32")
-    tokenization: str = option("official", "official tokenization, or 'reference' (published scripts)")
+    compat: str = option("none", "none, or 'reference' for the published study's tokenization")
+    tokenization: str | None = compat_option("official", "reference", "official tokenization, or 'reference' (published scripts)")
     batch_size: int = option(8, "cells per forward pass (cells of similar length are batched together)")
     device: str = option("cpu", "torch device of the model")
     model_dtype: str = option("float32", "dtype of the model weights during the forward pass")
-    shard_mb: float = option(256.0, "target size of one layer's shard in MiB (a whole number of batches)")
+    shard_mb: float = option(256.0, "target size of one layer's shard in MiB (a whole number of batches); "
+                                 "the unit of resume: a killed run redoes at most one shard")
     gene_column: str | None = option(None, "var column with gene ids/symbols for the tokenizer (default var_names)")
     counts_layer: str | None = option(None, "AnnData layer holding raw counts (default X)")
     max_length: int | None = option(None, "tokens per cell for the tokenizer (default: the model's / reference limit)")
 
     def __post_init__(self) -> None:
-        parse_layers(self.layers, None)  # syntax check
+        parse_layers(self.layers, "layers", allow_all=True)  # syntax check
+        apply_compat(self)
         check(self.n_cells is None or self.n_cells > 0, "n_cells must be positive")
         check(self.dtype in ("float16", "float32"), f"dtype must be float16 or float32, got {self.dtype!r}")
         check(self.tokenization in ("official", "reference"),
@@ -73,29 +76,6 @@ class ExtractConfig:
         check(self.stratify_by is None or self.n_cells is not None, "--stratify-by needs --n-cells")
         check(self.model_dtype in ("float32", "float16", "bfloat16"),
               f"model_dtype must be float32, float16 or bfloat16, got {self.model_dtype!r}")
-
-
-def parse_layers(spec: str | Sequence[int], n_layers: int | None) -> list[int]:
-    """'all' / '0,5,11' / [0, 5] -> sorted unique layer list (validated against n_layers if given)."""
-    if isinstance(spec, str):
-        s = spec.strip().lower()
-        if s == "all":
-            if n_layers is None:
-                return []
-            return list(range(n_layers))
-        try:
-            layers = [int(x) for x in s.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"layers must be 'all' or comma-separated integers, got {spec!r}") from None
-        if not layers:
-            raise ConfigError("layers is empty")
-    else:
-        layers = [int(x) for x in spec]
-    if any(l < 0 for l in layers):
-        raise ConfigError(f"layers must be >= 0, got {layers}")
-    if n_layers is not None and any(l >= n_layers for l in layers):
-        raise ConfigError(f"layers {layers} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    return sorted(set(layers))
 
 
 # =============================================================================== cell choice
@@ -179,7 +159,7 @@ def _extract(run: RunDir, model, data, cfg: ExtractConfig, overwrite: bool,
 
     adapter, model_path, model_fp = _resolve_model(model, cfg)
     adata, data_path, data_fp = _resolve_data(data)
-    layers = parse_layers(cfg.layers, adapter.n_layers)
+    layers = parse_layers(cfg.layers, "layers", adapter.n_layers, allow_all=True)
 
     cells = _choose_cells(adata, cfg, data_path)
     sub = adata[cells].copy() if len(cells) < adata.n_obs else adata

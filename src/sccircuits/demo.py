@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import check, option
+from .config import check, option, parse_layers
 from .rundir import RunDir
 
 
@@ -44,6 +44,8 @@ class DemoConfig:
         check(self.sae_epochs >= 1 and self.sae_expansion >= 1 and self.sae_k >= 1,
               "SAE epochs, expansion and k must be >= 1")
         check(self.n_perm >= 10, "n_perm must be >= 10")
+        if self.source_layers.strip() != "first,middle":
+            parse_layers(self.source_layers, "source_layers")  # syntax check
 
     @property
     def kinds(self) -> list[str]:
@@ -65,7 +67,7 @@ def _same(run: RunDir, stage: str, cfg) -> bool:
 def _source_layers(spec: str, n_layers: int) -> list[int]:
     if spec.strip() == "first,middle":
         return sorted({0, max(1, (n_layers - 1) // 2)} - {n_layers - 1})
-    return sorted({int(x) for x in spec.split(",")})
+    return parse_layers(spec, "source_layers", n_layers)
 
 
 def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bool = True) -> Path:

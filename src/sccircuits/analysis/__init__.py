@@ -1,4 +1,4 @@
-"""Circuit analyses (one run) and cross-condition comparison (method notes §6).
+"""Circuit analyses (one run) and cross-condition comparison (docs/method.md §6).
 
 >>> from sccircuits.analysis import analyze, compare, AnalyzeConfig, CompareConfig
 >>> summary = analyze("runs/gf_k562")                       # writes runs/gf_k562/analysis/

@@ -1,9 +1,9 @@
-"""Biological coherence of a circuit and its permutation null (method notes §6).
+"""Biological coherence of a circuit and its permutation null (docs/method.md §6).
 
 Coherence = the fraction of edges, among edges whose two ends both carry functional
 annotation, whose significant term sets intersect. Only functional libraries count (GO, KEGG,
 Reactome by default): STRING / TRRUST "annotations" are never terms (the reference counted
-them, see method notes §4).
+them, see docs/method.md §4).
 
 Null: within each layer, the term sets of annotated features are shuffled among features of
 the same *annotation richness* stratum (number of significant terms, binned by powers of two:

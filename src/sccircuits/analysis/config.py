@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check, option
+from ..config import check, option, parse_names
 
 EDGE_SETS = ("all", "capped")
 
@@ -33,7 +33,7 @@ class AnalyzeConfig:
         check(0 < self.pagerank_alpha < 1, "pagerank_alpha must be in (0, 1)")
         check(self.min_shared_genes >= 1, "min_shared_genes must be >= 1")
         check(self.top_hubs >= 0, "top_hubs must be >= 0")
-        self.libraries = [str(x) for x in self.libraries]
+        self.libraries = parse_names(self.libraries, "libraries")
         check(len(self.libraries) > 0, "libraries must not be empty")
 
 
@@ -66,7 +66,8 @@ class CompareConfig:
         check(self.disease_n_perm >= 0, "disease_n_perm must be >= 0")
         check(self.disease_min_stratum >= 1, "disease_min_stratum must be >= 1")
         check(self.rewire_swaps_per_draw > 0, "rewire_swaps_per_draw must be > 0")
-        self.edge_sets = [str(x) for x in self.edge_sets]
+        self.edge_sets = parse_names(self.edge_sets, "edge_sets")
+        self.contrasts = parse_names(self.contrasts, "contrasts")
         check(len(self.edge_sets) > 0 and all(x in EDGE_SETS for x in self.edge_sets),
               f"edge_sets must be a non-empty subset of {EDGE_SETS}")
         check(0 < self.q_max <= 1, "q_max must be in (0, 1]")

@@ -1,4 +1,4 @@
-"""Domain pairs and cross-model consensus with three nulls (method notes §6).
+"""Domain pairs and cross-model consensus with three nulls (docs/method.md §6).
 
 A *domain pair* is (source domain, target domain) of an edge whose two ends are both annotated;
 a domain is keyed by its label id (e.g. ``GO:0006915``) and shown by its name. The consensus of

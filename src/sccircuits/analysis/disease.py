@@ -1,4 +1,4 @@
-"""Disease mapping of domain pairs (method notes §6).
+"""Disease mapping of domain pairs (docs/method.md §6).
 
 Domains get disease categories in one of two ways:
 

@@ -1,4 +1,4 @@
-"""Novel relations: domain pairs whose gene sets show no known link (method notes §6).
+"""Novel relations: domain pairs whose gene sets show no known link (docs/method.md §6).
 
 Each domain has a gene set: the genes of its term in a GMT file when given (keyed by term id,
 e.g. ``GO:0006915``), otherwise the union of the top genes of the features labelled with it.

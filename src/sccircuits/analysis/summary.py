@@ -3,7 +3,7 @@
 All functions are pure: they take the normalised edge DataFrame (see
 :func:`sccircuits.analysis.inputs.normalize_edges`) and return numbers or DataFrames.
 
-Sign convention (method notes §5): ``d < 0`` means ablating the source lowers the target, i.e.
+Sign convention (docs/method.md §5): ``d < 0`` means ablating the source lowers the target, i.e.
 the source supports the target; the paper calls these edges "inhibitory". ``d > 0`` means
 ablating the source raises the target, i.e. the source suppresses it (the paper's
 "excitatory"). The keys below say what the sign means and carry the paper's word beside it.

@@ -1,4 +1,4 @@
-"""Tissue specificity of domain pairs (method notes §6).
+"""Tissue specificity of domain pairs (docs/method.md §6).
 
 Each domain name is put in keyword classes (immune, kidney, lung, blood; case-insensitive
 substrings); a pair belongs to a class when either of its domains does, and is "universal"

@@ -1,4 +1,4 @@
-"""Feature catalog and gene-set annotation of SAE features (issue 5; method notes section 4).
+"""Feature catalog and gene-set annotation of SAE features (issue 5; docs/method.md §4).
 
 Public API::
 

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option, parse_layers
 from ..errors import InputError
 from ..genesets import GeneSets, library_name, read_gmt, read_pairs
 from ..rundir import RunDir, atomic_write_parquet, file_fingerprint
@@ -31,7 +31,6 @@ from .labels import annotation_summary, find_label_library, label_features, sele
 
 STAGE = "annotate"
 OUT_DIR = "annotation"
-COMPAT_MODES = ("", "reference")
 ENRICHMENT_COLUMNS = ["feature", "library", "term_id", "term_name", "overlap", "set_size", "term_size",
                       "background_size", "odds_ratio", "p_value", "q_value", "overlap_genes", "kind",
                       "significant"]
@@ -42,10 +41,10 @@ class AnnotateConfig:
     """Options of ``sccircuits annotate``."""
 
     top_genes: int = option(20, "top genes per feature (by mean activation where it fires)")
-    min_count: int | None = option(None, "a top gene must be seen at least this many times where the "
-                                         "feature fires (default 5; 1 with --compat reference)")
+    min_count: int | None = compat_option(5, 1, "a top gene must be seen at least this many times where the "
+                                                "feature fires")
     layers: list[int] | None = option(None, "layers to annotate (default: every layer with an SAE)")
-    compat: str = option("", "'reference' reproduces the published annotation, flaws included")
+    compat: str = option("none", "none, or 'reference' to reproduce the published annotation, flaws included")
     alpha: float = option(0.05, "FDR level for significant terms and labels")
     min_term_size: int = option(5, "smallest term tested (after intersecting with the background)")
     max_term_size: int = option(500, "largest term tested (after intersecting with the background)")
@@ -62,9 +61,7 @@ class AnnotateConfig:
     device: str = option("cpu", "torch device for SAE encoding")
 
     def __post_init__(self) -> None:
-        check(self.compat in COMPAT_MODES, f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
-        if self.min_count is None:
-            self.min_count = 1 if self.compat == "reference" else 5
+        apply_compat(self)
         check(self.top_genes >= 1, "top_genes must be >= 1")
         check(self.min_count >= 1, "min_count must be >= 1")
         check(0 < self.alpha < 1, "alpha must be in (0, 1)")
@@ -73,8 +70,7 @@ class AnnotateConfig:
         check(self.network_permutations >= 1, "network_permutations must be >= 1")
         check(0 < self.store_max_q <= 1, "store_max_q must be in (0, 1]")
         check(self.batch_size >= 1, "batch_size must be >= 1")
-        if self.layers is not None:
-            self.layers = sorted({int(x) for x in self.layers})
+        self.layers = parse_layers(self.layers, "layers")
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +339,7 @@ def _annotate(rd: RunDir, gene_sets: Sequence[str | os.PathLike], cfg: AnnotateC
             rel = f"{OUT_DIR}/layer{layer:02d}_{kind}.parquet"
             atomic_write_parquet(rd.path / rel, df)
             outputs.append(rel)
-        metrics["layers"][str(layer)] = layer_metrics(catalog, len(background) if not cfg.compat else None)
+        metrics["layers"][str(layer)] = layer_metrics(catalog, len(background) if cfg.compat != "reference" else None)
     rd.complete_stage(STAGE, outputs=outputs, metrics=metrics)
     return metrics
 

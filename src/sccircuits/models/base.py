@@ -101,6 +101,83 @@ def length_batches(cells: TokenizedCells, batch_size: int, bucket: bool = True) 
         yield [int(i) for i in order[s:s + batch_size]]
 
 
+def check_layers(layers: Sequence[int], low: int, high: int) -> list[int]:
+    """Sorted distinct layers, each in ``low..high``; ValueError naming the bad ones otherwise."""
+    layers = sorted(set(int(l) for l in layers))
+    bad = [l for l in layers if not low <= l <= high]
+    if bad:
+        raise ValueError(f"layers {bad} out of range {low}..{high}")
+    return layers
+
+
+class BlockRunner:
+    """Forward passes shared by both adapters, written once over three model-specific hooks.
+
+    A subclass sets ``n_layers``, ``device`` and ``dtype`` and implements:
+
+    * :meth:`embed` (batch -> the embedding output, "layer -1", (B, L, d)),
+    * :meth:`attention_context` (what every block needs besides its input: the attention mask
+      in the model's own form),
+    * :meth:`block` (run block ``l`` on its input).
+
+    :meth:`hidden_states` and :meth:`run_from` then follow the layer convention of the module
+    docstring with the same checks for both models, so a resumed pass runs exactly the blocks a
+    clean pass runs after ``layer`` (this is what makes ``run_from`` equal a clean pass).
+    """
+
+    n_layers: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def embed(self, batch: TokenBatch) -> torch.Tensor:
+        """The embedding output (the input of block 0), (B, L, d) in the adapter's dtype."""
+        raise NotImplementedError
+
+    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch):
+        """The attention mask every block of this model takes for ``batch``."""
+        raise NotImplementedError
+
+    def block(self, layer: int, x: torch.Tensor, context) -> torch.Tensor:
+        """Output of block ``layer`` for input ``x``."""
+        raise NotImplementedError
+
+    def run_blocks(self, x: torch.Tensor, context, start: int, stop: int,
+                   keep: set[int] | None = None) -> dict[int, torch.Tensor]:
+        """Blocks ``start .. stop-1`` on ``x`` (the input of block ``start``); {l: output of
+        block l} for l in ``keep`` (every block run when None)."""
+        out = {}
+        for l in range(start, stop):
+            x = self.block(l, x, context)
+            if keep is None or l in keep:
+                out[l] = x
+        return out
+
+    @torch.no_grad()
+    def hidden_states(self, batch: TokenBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Clean pass: {layer: (B, L, d) output of block ``layer``} (-1 = embedding output);
+        blocks after the deepest requested layer are not run."""
+        layers = check_layers(layers, -1, self.n_layers - 1)
+        x = self.embed(batch)
+        out = {-1: x} if -1 in layers else {}
+        if layers and layers[-1] >= 0:
+            out.update(self.run_blocks(x, self.attention_context(x, batch), 0, layers[-1] + 1, set(layers)))
+        return out
+
+    @torch.no_grad()
+    def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch, until: int | None = None,
+                 layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Continue from ``hidden`` = output of ``layer`` (-1: the embedding output) through
+        blocks ``layer+1 .. until`` (default: the last); {l: (B, L, d)} for ``layers`` (default:
+        every block run). Blocks <= ``layer`` are never run; ``hidden`` is moved to the
+        adapter's device and dtype first."""
+        until = self.n_layers - 1 if until is None else int(until)
+        if not -1 <= layer <= until < self.n_layers:
+            raise ValueError(f"need -1 <= layer ({layer}) <= until ({until}) < {self.n_layers}")
+        keep = None if layers is None else set(check_layers(layers, layer + 1, until))
+        hidden = hidden.to(device=self.device, dtype=self.dtype)
+        return self.run_blocks(hidden, self.attention_context(hidden, batch), layer + 1, until + 1, keep)
+
+
 @runtime_checkable
 class ModelAdapter(Protocol):
     """What the pipeline needs from a model. Implementations: GeneformerAdapter, ScGPTAdapter."""

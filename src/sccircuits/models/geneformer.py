@@ -43,7 +43,7 @@ import torch
 
 from ..data import counts_matrix, gene_identifiers, looks_like_ensembl, warn_duplicates
 from ..errors import InputError
-from .base import resolve_dtype, TokenBatch, TokenizedCells, collate
+from .base import BlockRunner, resolve_dtype, TokenBatch, TokenizedCells, collate
 from .pickles import load_dictionary
 
 V2_SPECIALS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
@@ -138,7 +138,7 @@ def _load_hf_model(path: Path, dtype: torch.dtype, attn_implementation: str):
     return model.eval()
 
 
-class GeneformerAdapter:
+class GeneformerAdapter(BlockRunner):
     """Pipeline interface to a Geneformer checkpoint (see the module docstring)."""
 
     kind = "geneformer"
@@ -347,57 +347,21 @@ class GeneformerAdapter:
         """Padded batch of the cells ``idx`` on the adapter's device."""
         return collate(cells, idx, self.pad_id).to(self.device)
 
-    def _mask(self, hidden: torch.Tensor, batch: TokenBatch):
+    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch):
         """The attention mask Hugging Face's BertModel gives its layers for this batch."""
         from transformers.masking_utils import create_bidirectional_mask
 
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden,
                                          attention_mask=batch.attention_mask.to(hidden.device).long())
 
-    def _check_layers(self, layers: Sequence[int], low: int, high: int) -> list[int]:
-        layers = sorted(set(int(l) for l in layers))
-        bad = [l for l in layers if not low <= l <= high]
-        if bad:
-            raise ValueError(f"layers {bad} out of range {low}..{high}")
-        return layers
-
-    def _run_blocks(self, x: torch.Tensor, mask, start: int, stop: int, keep: set[int] | None):
-        """Blocks start..stop-1 on x; {l: output of block l} for l in keep (all when None)."""
-        out = {}
-        for l in range(start, stop):
-            x = self.bert.encoder.layer[l](x, mask)
-            if keep is None or l in keep:
-                out[l] = x
-        return out
+    def block(self, layer: int, x: torch.Tensor, context) -> torch.Tensor:
+        """Output of ``BertLayer`` number ``layer``."""
+        return self.bert.encoder.layer[layer](x, context)
 
     @torch.no_grad()
     def embed(self, batch: TokenBatch) -> torch.Tensor:
         """The embedding output (Hugging Face's hidden_states[0]), (B, L, d)."""
         return self.bert.embeddings(input_ids=batch.input_ids.to(self.device))
-
-    @torch.no_grad()
-    def hidden_states(self, batch: TokenBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Clean pass: {layer: (B, L, d) output of block ``layer``} (-1 = embedding output);
-        blocks after the deepest requested layer are not run."""
-        layers = self._check_layers(layers, -1, self.n_layers - 1)
-        x = self.embed(batch)
-        out = {-1: x} if -1 in layers else {}
-        if layers and layers[-1] >= 0:
-            out.update(self._run_blocks(x, self._mask(x, batch), 0, layers[-1] + 1, set(layers)))
-        return out
-
-    @torch.no_grad()
-    def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch, until: int | None = None,
-                 layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-        """Continue from ``hidden`` = output of ``layer`` (-1: the embedding output) through
-        blocks ``layer+1 .. until`` (default: the last); {l: (B, L, d)} for ``layers`` (default:
-        every block run). Blocks <= ``layer`` are never run."""
-        until = self.n_layers - 1 if until is None else int(until)
-        if not -1 <= layer <= until < self.n_layers:
-            raise ValueError(f"need -1 <= layer ({layer}) <= until ({until}) < {self.n_layers}")
-        keep = None if layers is None else set(self._check_layers(layers, layer + 1, until))
-        hidden = hidden.to(device=self.device, dtype=self.dtype)
-        return self._run_blocks(hidden, self._mask(hidden, batch), layer + 1, until + 1, keep)
 
     # -- vocabulary and facts -----------------------------------------------------------------
 

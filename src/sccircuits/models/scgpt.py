@@ -51,7 +51,7 @@ from torch import nn
 
 from ..data import counts_matrix, gene_identifiers, warn_duplicates
 from ..errors import InputError
-from .base import resolve_dtype, TokenBatch, TokenizedCells, collate
+from .base import BlockRunner, resolve_dtype, TokenBatch, TokenizedCells, collate
 from .pickles import torch_load_refusal
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
@@ -378,7 +378,7 @@ def _vocab_columns(ids: np.ndarray, vocab: dict[str, int]) -> tuple[sp.csr_matri
 # --------------------------------------------------------------------------------------------
 
 
-class ScGPTAdapter:
+class ScGPTAdapter(BlockRunner):
     """scGPT behind the pipeline's :class:`~sccircuits.models.base.ModelAdapter` interface.
 
     Layer l is the output of transformer block l (0-based); layer -1 is the embedding output
@@ -511,46 +511,21 @@ class ScGPTAdapter:
         """Padded batch of the cells ``idx`` (pad id / pad value of the model) on the device."""
         return collate(cells, idx, self.pad_id, self.pad_value).to(self.device)
 
-    @staticmethod
-    def _key_mask(batch: TokenBatch) -> torch.Tensor | None:
+    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor | None:
         """Attention key mask (True = real token); None when the batch has no padding."""
-        att = batch.attention_mask
+        att = batch.attention_mask.to(hidden.device)
         return None if bool(att.all()) else att
 
-    def _check_layers(self, layers: Sequence[int], low: int) -> list[int]:
-        layers = sorted(set(int(l) for l in layers))
-        bad = [l for l in layers if not low <= l < self.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range {low}..{self.n_layers - 1}")
-        return layers
+    def block(self, layer: int, x: torch.Tensor, context) -> torch.Tensor:
+        """Output of transformer block ``layer``."""
+        return self.model.transformer_encoder.layers[layer](x, context)
 
     @torch.no_grad()
-    def hidden_states(self, batch: TokenBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Clean pass: {layer: (B, L, d)} for ``layers`` (-1 = embedding output); blocks after
-        the deepest requested layer are not run."""
-        layers = self._check_layers(layers, -1)
+    def embed(self, batch: TokenBatch) -> torch.Tensor:
+        """The embedding output (gene + value embedding, the input of block 0), (B, L, d)."""
         if batch.values is None:
             raise ValueError("scGPT batches need values (tokenize with this adapter)")
-        x = self.model.embed(batch.input_ids, batch.values)
-        out = {-1: x} if -1 in layers else {}
-        if layers and layers[-1] >= 0:
-            out.update(self.model.run_blocks(x, self._key_mask(batch), 0, layers[-1] + 1, set(layers)))
-        return out
-
-    @torch.no_grad()
-    def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch, until: int | None = None,
-                 layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-        """Continue from ``hidden`` = output of ``layer`` (-1: the embedding output) through
-        blocks ``layer+1 .. until`` (default: the last); returns {l: (B, L, d)} for ``layers``
-        (default: every block run)."""
-        until = self.n_layers - 1 if until is None else int(until)
-        if not -1 <= layer < self.n_layers or not layer <= until < self.n_layers:
-            raise ValueError(f"need -1 <= layer ({layer}) <= until ({until}) < {self.n_layers}")
-        keep = None if layers is None else set(self._check_layers(layers, layer + 1))
-        if keep is not None and any(l > until for l in keep):
-            raise ValueError(f"layers {sorted(keep)} go beyond until={until}")
-        hidden = hidden.to(device=self.device, dtype=self.dtype)
-        return self.model.run_blocks(hidden, self._key_mask(batch), layer + 1, until + 1, keep)
+        return self.model.embed(batch.input_ids.to(self.device), batch.values.to(self.device))
 
     # -- vocabulary and facts -----------------------------------------------------------------
 

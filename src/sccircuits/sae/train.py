@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..activations import ActivationStore, parse_layers
-from ..config import check, option, to_dict
+from ..activations import ActivationStore
+from ..config import apply_compat, check, compat_option, option, parse_layers, to_dict
 from ..rundir import RunDir, atomic_write_npy
 from .io import load_sae, save_sae
 from .model import TopKSAE, topk_relu
@@ -62,7 +62,8 @@ class SAETrainConfig:
     batch_size: int = option(4096, "positions per optimisation step")
     lr: float | None = option(None, "Adam learning rate; default: 5e-3 (ours), 3e-4 (reference, as published)")
     seed: int = option(0, "seed of the held-out split, subsample, initialisation and shuffling")
-    recipe: str = option("ours", "'ours' (unit-norm features, AuxK, ...) or 'reference' (published recipe)")
+    compat: str = option("none", "none, or 'reference' for the published training recipe")
+    recipe: str | None = compat_option("ours", "reference", "'ours' (unit-norm features, AuxK, ...) or 'reference' (published recipe)")
     device: str = option("cpu", "torch device")
     holdout_fraction: float = option(0.1, "fraction of CELLS held out for evaluation")
     max_eval_positions: int = option(200_000, "cap on held-out positions evaluated (random subset)")
@@ -80,7 +81,8 @@ class SAETrainConfig:
         return DEFAULT_LR[self.recipe]
 
     def __post_init__(self) -> None:
-        parse_layers(self.layers, None)
+        parse_layers(self.layers, "layers", allow_all=True)
+        apply_compat(self)
         check(self.expansion >= 1, "expansion must be >= 1")
         check(self.k >= 1, "k must be >= 1")
         check(self.epochs >= 1, "epochs must be >= 1")
@@ -110,7 +112,7 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
 
 def _train_saes(run: RunDir, cfg: SAETrainConfig, progress: bool) -> dict[int, TopKSAE]:
     store = ActivationStore(run)
-    layers = store.layers if cfg.layers.strip().lower() == "all" else parse_layers(cfg.layers, None)
+    layers = store.layers if cfg.layers.strip().lower() == "all" else parse_layers(cfg.layers, "layers")
     missing = [l for l in layers if l not in store.layers]
     if missing:
         from ..errors import ConfigError

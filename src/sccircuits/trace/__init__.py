@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 from .accumulators import Accumulators, PairStats
-from .config import TraceConfig, parse_feature_spec
+from ..config import parse_feature_spec
+from .config import TraceConfig
 from .edges import EDGE_COLUMNS, Thresholds, build_tables
 from .engine import AblationEngine, TracePlan
 from .stage import TraceResult, TraceSetup, feature_frequencies, load_trace, merge, prepare_trace, trace

@@ -1,6 +1,6 @@
 """The exact, batched ablation engine.
 
-What it computes is the published per-cell observation (method notes §5): for source layer
+What it computes is the published per-cell observation (docs/method.md §5): for source layer
 ``s`` and source feature ``f`` of a cell, ``delta = -z_f * W_dec[f]`` is added to the clean
 residual of layer ``s`` at the gene positions where ``f`` fires, the model continues, and for
 each downstream layer ``t`` the observation is the mean over those positions of

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import from_dict, to_dict
+from ..config import from_dict, parse_feature_spec, to_dict
 from ..errors import ConfigError, InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, content_fingerprint, read_json, resolve_recorded
 from .accumulators import Accumulators
-from .config import TraceConfig, parse_feature_spec
+from .config import TraceConfig
 from .edges import Thresholds, build_tables
 
 STAGE = "trace"
@@ -280,7 +280,7 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
 
 def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
           config: TraceConfig | None = None, progress: bool = True, **options) -> TraceResult:
-    """Trace causal edges between SAE features (method notes §5).
+    """Trace causal edges between SAE features (docs/method.md §5).
 
     ``run``: a run directory (model, data and SAEs are taken from its extract / SAE stages,
     feature labels and selection from its annotation). Or explicit ``model`` (checkpoint dir),

@@ -1,4 +1,4 @@
-"""Validation of gene-level predictions against a CRISPRi Perturb-seq screen (method notes §6).
+"""Validation of gene-level predictions against a CRISPRi Perturb-seq screen (docs/method.md §7).
 
 Steps (:func:`validate`):
 

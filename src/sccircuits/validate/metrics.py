@@ -1,6 +1,6 @@
 """Pure statistics of the CRISPRi validation (no I/O; tested against hand-computed values).
 
-**Predicted direction.** Tracing sign convention (method notes §5): d < 0 means ablating the
+**Predicted direction.** Tracing sign convention (docs/method.md §5): d < 0 means ablating the
 source feature lowers the target feature (the source supports the target). A CRISPRi
 knockdown of a source gene is the gene-level analogue of the ablation, so the prediction for
 the target gene's log2 fold change is ``sign(LFC) = sign(mean d)``: d < 0 predicts the target

@@ -1,4 +1,4 @@
-"""Gene-level predictions from traced feature circuits (method notes §6, "Gene-level predictions").
+"""Gene-level predictions from traced feature circuits (docs/method.md §7).
 
 Every edge (source feature -> target feature, effect size d) is spread over genes: the source
 feature's top genes (best first) times the target feature's top genes, pair (i, j) (0-based
