@@ -31,7 +31,7 @@ from trace_helpers import random_saes, write_cells, write_saes  # noqa: E402
 
 from sccircuits.models import testing  # noqa: E402
 from sccircuits.trace import trace  # noqa: E402
-from sccircuits.trace_ray import trace_with_ray  # noqa: E402
+from sccircuits.trace.ray_executor import trace_with_ray  # noqa: E402
 
 
 def main() -> None:

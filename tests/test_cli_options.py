@@ -14,6 +14,7 @@ from sccircuits import cli
 from sccircuits.activations import ExtractConfig
 from sccircuits.analysis.config import AnalyzeConfig, CompareConfig
 from sccircuits.annotate.stage import AnnotateConfig
+from sccircuits.atlas.data import AtlasConfig
 from sccircuits.config import parse_feature_spec, parse_int_list, parse_layers
 from sccircuits.datasets.go import BuildGOConfig
 from sccircuits.demo import DemoConfig
@@ -39,6 +40,7 @@ COMMANDS = {
     ("validate",): (ValidateConfig, {}),
     ("demo",): (DemoConfig, {}),
     ("report",): (ReportConfig, {}),
+    ("atlas",): (AtlasConfig, {}),
 }
 
 
@@ -93,7 +95,7 @@ def test_an_option_reaches_the_config(monkeypatch, tmp_path):
         seen.update(kwargs)
         return "planned"
 
-    import sccircuits.trace_ray as tr
+    import sccircuits.trace as tr
 
     monkeypatch.setattr(tr, "run_trace", fake_run_trace)
     res = CliRunner().invoke(cli.app, ["trace", "--run", str(tmp_path), "--plan", "--source-layers", "2,0,2",

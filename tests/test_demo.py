@@ -24,6 +24,7 @@ def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
         assert f"<td>{kind}</td>" in page and f"<td>{len(edges)}</td>" in page
     assert (tmp_path / "compare" / "comparison_table.parquet").is_file()
     assert "Cross-model comparison" in page
+    assert "atlas-data" in (tmp_path / "atlas.html").read_text()  # the atlas beside the report
 
     capsys.readouterr()
     run_demo(tmp_path, cfg, progress=False)  # second run: every per-model stage is reused

@@ -7,7 +7,7 @@ import pytest
 from trace_helpers import random_saes, write_cells, write_saes
 
 from sccircuits.errors import ConfigError
-from sccircuits.plan import (compare_accumulators, count_passes, dtype_agreement, engine_batches, memory_estimate,
+from sccircuits.trace.plan import (compare_accumulators, count_passes, dtype_agreement, engine_batches, memory_estimate,
                              plan_trace, suggest_batch_size)
 from sccircuits.rundir import RunDir
 from sccircuits.trace import trace
@@ -78,7 +78,7 @@ def test_suggest_batch_size():
 
 
 def test_compare_accumulators_identical_and_changed(inputs):
-    from sccircuits.plan import prepare_trace
+    from sccircuits.trace.plan import prepare_trace
     from sccircuits.trace.engine import AblationEngine, TracePlan
 
     setup = prepare_trace(**inputs, out=".", progress=False, **OPTS)

@@ -9,11 +9,11 @@ import pytest
 from trace_helpers import random_saes, write_cells, write_saes
 
 from sccircuits.errors import ConfigError
-from sccircuits.plan import prepare_trace
+from sccircuits.trace.plan import prepare_trace
 from sccircuits.rundir import RunDir
 from sccircuits.trace import Accumulators, trace
 from sccircuits.trace.engine import AblationEngine, TracePlan
-from sccircuits.trace_ray import assemble_block, make_tasks, pack_cells, trace_with_ray, unpack_cells
+from sccircuits.trace.ray_executor import assemble_block, make_tasks, pack_cells, trace_with_ray, unpack_cells
 
 OPTS = dict(n_cells=8, n_features=3, selection="frequency", checkpoint_every=3, batch_size=4)
 COUNTERS = ("n_cells", "clean_forward_passes", "ablation_forward_passes", "ablations", "null_ablations",
@@ -92,7 +92,7 @@ def test_assemble_block_from_feature_parts(inputs):
 
 
 def test_workers_capped_by_cluster_resources():
-    from sccircuits.trace_ray import _fitting_workers
+    from sccircuits.trace.ray_executor import _fitting_workers
 
     assert _fitting_workers({"CPU": 2.0}, 1, 0) == 2
     assert _fitting_workers({"CPU": 16.0, "GPU": 2.0}, 1, 1) == 2  # one GPU per worker
@@ -145,8 +145,8 @@ def test_finer_tasks_give_the_same_edges(ray_cluster, inputs, local, tmp_path):
 
 
 def test_run_trace_dispatch(inputs, tmp_path):
-    from sccircuits.plan import TracePlanReport
-    from sccircuits.trace_ray import run_trace
+    from sccircuits.trace.plan import TracePlanReport
+    from sccircuits.trace import run_trace
 
     with pytest.raises(ConfigError, match="executor"):
         run_trace(**inputs, out=tmp_path, executor="dask", progress=False, **OPTS)

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from .activations import ExtractConfig
 from .analysis.config import AnalyzeConfig, CompareConfig
+from .atlas.data import AtlasConfig
 from .annotate.stage import AnnotateConfig
 from .cli_options import config_options
 from .datasets.go import BuildGOConfig
@@ -334,6 +335,21 @@ def report_cmd(
     print(build_report(run, compare=compare, out=out, cfg=cfg))
 
 
+@app.command("atlas")
+@config_options(AtlasConfig)
+def atlas_cmd(
+    run: list[Path] = typer.Option([], "--run", help="run directory (repeat for several conditions)"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="output directory of `sccircuits compare` "
+                                           "(its runs are used when no --run is given)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default: RUN/atlas.html)"),
+    cfg=None,
+) -> None:
+    """Write one offline HTML atlas: search genes/terms/features, feature cards, edges, neighbourhood graphs."""
+    from .atlas import build_atlas
+
+    print(build_atlas(run, compare=compare, out=out, cfg=cfg))
+
+
 # --- trace and merge (issue 6; sccircuits.trace) ---
 @app.command("trace")
 @config_options(TraceConfig)
@@ -351,7 +367,7 @@ def trace_cmd(
     cfg=None,
 ) -> None:
     """Ablate source SAE features and measure every downstream SAE feature (edges.parquet)."""
-    from .trace_ray import run_trace
+    from .trace import run_trace
 
     res = run_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out, config=cfg,
                     executor=executor, address=address, num_workers=num_workers, plan=plan)
@@ -380,7 +396,7 @@ def merge_cmd(
     print(f"{m['n_edges']} edges ({m['n_edges_in_cap']} in the cap) -> {res.out / 'trace' / 'edges.parquet'}")
 
 
-# --- scale-out: dtype check (issue 10; sccircuits.plan) ---
+# --- scale-out: dtype check (issue 10; sccircuits.trace.plan) ---
 @app.command("check-dtype")
 def check_dtype_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (model, cells, SAEs, annotation from it)"),
@@ -396,7 +412,7 @@ def check_dtype_cmd(
     batch_size: int = typer.Option(16, "--batch-size", help="ablated sequences per forward pass"),
 ) -> None:
     """Trace a sample in float32 and in --dtype; print how far Cohen's d moves and edges flip."""
-    from .plan import dtype_agreement
+    from .trace.plan import dtype_agreement
 
     cfg = TraceConfig(source_layers=source_layers, n_features=n_features, selection=selection, n_cells=n_cells,
                       device=device, batch_size=batch_size)

@@ -138,4 +138,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig | None = None, progress: bo
 
     report = build_report(list(runs.values()), compare=compare_dir, out=out / "report.html")
     _say(f"report written to {report}")
+    from .atlas import build_atlas
+
+    _say(f"atlas written to {build_atlas(list(runs.values()), compare=compare_dir, out=out / 'atlas.html')}")
     return report

@@ -245,7 +245,13 @@ def _edges(r: RunData, capped: bool) -> pd.DataFrame | None:
 
 def sae_quality_table(r: RunData) -> pd.DataFrame | None:
     """Per-layer SAE metrics as recorded by train-sae in the manifest."""
-    st = r.manifest["stages"].get("train-sae") or {}
+    return sae_quality_from_manifest(r.manifest)
+
+
+def sae_quality_from_manifest(manifest: dict) -> pd.DataFrame | None:
+    """Per-layer SAE metrics (variance explained, L0, dead latents, ...) of a run's manifest,
+    or None when train-sae has not completed."""
+    st = manifest["stages"].get("train-sae") or {}
     if st.get("status") != "complete":
         return None
     metrics = st.get("metrics") or {}

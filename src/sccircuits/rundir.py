@@ -241,6 +241,8 @@ to an open file, so a stage called inside another one of the same process must r
 class _Hold:
     def __init__(self, files: list, mode: str):
         self.files, self.mode, self.depth = files, mode, 1
+        self.begun: dict[str, str] = {}
+        """Stages begun (by any RunDir object of this path) and not completed: name -> start."""
 
 
 def _holder_info(stage: str | None) -> dict:
@@ -340,7 +342,8 @@ class RunDir:
         try:
             yield self
         except BaseException as e:
-            self._record_failure(e, remove_if_empty=held.depth == 1)
+            if held.depth == 1:
+                self._record_failure(e, held.begun)
             raise
         finally:
             _release(key)
@@ -376,21 +379,20 @@ class RunDir:
                 fh.close()
         return "; ".join(shards) if shards else _describe_holder(self.path / RUN_LOCK)
 
-    def _record_failure(self, error: BaseException, remove_if_empty: bool) -> None:
+    def _record_failure(self, error: BaseException, begun: dict[str, str]) -> None:
         with contextlib.suppress(Exception):
-            open_stages = [n for n in self._begun if self._begun[n].get("status") != "complete"]
-            if open_stages:
+            if begun:
                 status = "interrupted" if isinstance(error, (KeyboardInterrupt, Interrupted)) else "failed"
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
 
                 def fn(m: dict) -> None:
-                    for n in open_stages:
+                    for n, started in begun.items():
                         st = m["stages"].get(n)
-                        if st is not None and st.get("started") == self._begun[n].get("started"):
+                        if st is not None and st.get("status") == "running" and st.get("started") == started:
                             st["status"], st["error"] = status, reason[:500]
 
                 self.update_manifest(fn)
-            if remove_if_empty and self.created and not self._holds_work():
+            if self.created and not self._holds_work():
                 shutil.rmtree(self.path, ignore_errors=True)
 
     def _holds_work(self) -> bool:
@@ -476,6 +478,7 @@ class RunDir:
 
         m = self.update_manifest(fn)
         self._begun[name] = dict(m["stages"][name])
+        _HELD[key].begun[name] = m["stages"][name]["started"]
 
     def complete_stage(self, name: str, outputs: dict[str, str] | list[str] | None = None,
                        metrics: dict | None = None) -> None:
@@ -502,6 +505,9 @@ class RunDir:
 
         m = self.update_manifest(fn)
         self._begun[name] = dict(m["stages"][name])
+        held = _HELD.get(str(self.path.resolve()))
+        if held is not None:
+            held.begun.pop(name, None)
         if name in self._implicit:
             self._implicit.discard(name)
             _release(str(self.path.resolve()))

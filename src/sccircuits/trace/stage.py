@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,31 +51,51 @@ class TraceResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-def _resolve_inputs(run, model, data, saes, annotation, out) -> dict:
-    """Paths of model, data, SAEs, annotation run and output run, from a run dir and/or flags."""
-    info = {"model": model, "data": data, "saes": saes, "annotation": annotation, "tokenize": {}}
-    if run is not None:
-        rd = RunDir(run, create=False)
-        ext = rd.stage("extract")
-        if ext:  # paths recorded relative to the run directory (older runs: absolute)
-            info["model"] = info["model"] or resolve_recorded(ext.get("model_path"), rd.path)
-            info["data"] = info["data"] or resolve_recorded(ext.get("data_path"), rd.path)
-            c = ext.get("config", {})
-            for key, opt in (("gene_column", "gene_column"), ("counts_layer", "layer"), ("max_length", "max_length")):
-                if c.get(key) is not None:
-                    info["tokenize"][opt] = c[key]
-        if info["saes"] is None:
-            info["saes"] = rd.path
-        if info["annotation"] is None and rd.is_complete("annotate"):
-            info["annotation"] = rd.path
-        out = out or rd.path
-    missing = [k for k in ("model", "data", "saes") if info[k] is None]
-    if missing:
-        raise ConfigError(f"trace needs --run RUN or all of --model, --data, --saes (missing: {', '.join(missing)})")
-    if out is None:
-        raise ConfigError("trace needs --out DIR (a run directory) when no --run is given")
-    info["out"] = Path(out)
-    return info
+TOKENIZE_OPTIONS = (("gene_column", "gene_column"), ("counts_layer", "layer"), ("max_length", "max_length"))
+"""(TraceConfig / ExtractConfig option, tokenizer keyword) pairs passed to ``adapter.tokenize``."""
+
+
+@dataclass
+class TraceInputs:
+    """Where a trace reads from and writes to (resolved from ``--run`` and/or the flags)."""
+
+    model: Path
+    data: Path
+    saes: Path
+    annotation: Path | None
+    """Run directory whose annotation gives labels and the richness selection (None: none)."""
+    out: Path
+    """Run directory receiving ``trace/``."""
+    tokenize: dict = field(default_factory=dict)
+    """Tokenizer keywords (gene_column, layer, max_length): the run's extract options, then
+    the trace's own."""
+    fingerprints: dict = field(default_factory=dict)
+    """Content fingerprints of model, data and the SAEs used (:func:`input_fingerprints`)."""
+
+    @classmethod
+    def resolve(cls, run, model, data, saes, annotation, out, cfg: TraceConfig) -> "TraceInputs":
+        """From a run dir (its extract stage, SAEs and annotation) and/or explicit paths."""
+        tokenize = {}
+        if run is not None:
+            rd = RunDir(run, create=False)
+            ext = rd.stage("extract")
+            if ext:  # paths recorded relative to the run directory (older runs: absolute)
+                model = model or resolve_recorded(ext.get("model_path"), rd.path)
+                data = data or resolve_recorded(ext.get("data_path"), rd.path)
+                c = ext.get("config", {})
+                tokenize = {opt: c[key] for key, opt in TOKENIZE_OPTIONS if c.get(key) is not None}
+            saes = rd.path if saes is None else saes
+            if annotation is None and rd.is_complete("annotate"):
+                annotation = rd.path
+            out = out or rd.path
+        missing = [k for k, v in (("model", model), ("data", data), ("saes", saes)) if v is None]
+        if missing:
+            raise ConfigError(f"trace needs --run RUN or all of --model, --data, --saes (missing: {', '.join(missing)})")
+        if out is None:
+            raise ConfigError("trace needs --out DIR (a run directory) when no --run is given")
+        tokenize.update({opt: getattr(cfg, key) for key, opt in TOKENIZE_OPTIONS if getattr(cfg, key) is not None})
+        return cls(Path(model), Path(data), Path(saes), None if annotation is None else Path(annotation),
+                   Path(out), tokenize)
 
 
 def _check_saes(saes: dict, adapter, saes_path) -> None:
@@ -188,13 +208,13 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
     return out
 
 
-def input_fingerprints(info: dict, layers: list[int]) -> dict:
+def input_fingerprints(ins: TraceInputs, layers: list[int]) -> dict:
     """Content fingerprints (not paths) of the model, the cells file and the SAEs of ``layers``:
     a file overwritten in place changes them, a moved or copied one does not."""
     from ..sae.io import sae_fingerprints
 
-    return {"model": content_fingerprint(info["model"]), "data": content_fingerprint(info["data"]),
-            "saes": sae_fingerprints(info["saes"], layers)}
+    return {"model": content_fingerprint(ins.model), "data": content_fingerprint(ins.data),
+            "saes": sae_fingerprints(ins.saes, layers)}
 
 
 def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict) -> str:
@@ -225,8 +245,7 @@ class TraceSetup:
     """Everything a trace needs before its blocks run (what ``trace()`` resolves first)."""
 
     cfg: TraceConfig
-    info: dict
-    """Resolved paths: model, data, saes, annotation, out; tokenize options."""
+    inputs: TraceInputs
     adapter: object
     saes: dict
     targets: dict[int, list[int]]
@@ -247,6 +266,19 @@ class TraceSetup:
     def kinds(self) -> tuple[str, ...]:
         return ("real", "null") if self.cfg.null_ablation else ("real",)
 
+    def meta(self, fingerprint: str | None = None, executor: dict | None = None) -> dict:
+        """What ``trace_meta.json`` records (read back by :func:`merge` and :func:`finish_trace`)."""
+        ins = self.inputs
+        meta = {"fingerprint": fingerprint or self.fingerprint, "n_blocks": self.n_blocks,
+                "config": to_dict(self.cfg), "model_kind": self.adapter.kind,
+                "model_name": self.cfg.model_name or self.adapter.kind,
+                "annotation": None if ins.annotation is None else str(ins.annotation),
+                "inputs": {"model": str(ins.model), "data": str(ins.data), "saes": str(ins.saes)},
+                "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()}}
+        if executor is not None:
+            meta["executor"] = executor
+        return meta
+
 
 def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
                   config: TraceConfig | None = None, progress: bool = True, **options) -> TraceSetup:
@@ -260,22 +292,67 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
     from ..sae import load_saes
 
     cfg = config if config is not None else TraceConfig(**options)
-    info = _resolve_inputs(run, model, data, saes, annotation, out)
+    ins = TraceInputs.resolve(run, model, data, saes, annotation, out, cfg)
     spec = parse_feature_spec(cfg.features) if cfg.features else None
-    adapter = load_model(info["model"], device=cfg.device, dtype=cfg.dtype)
-    all_saes = load_saes(info["saes"], device=cfg.device)
-    _check_saes(all_saes, adapter, info["saes"])
-    targets = _source_layers(cfg, all_saes, spec, info["saes"])
-    tok_opts = {**info["tokenize"], **{opt: getattr(cfg, key) for key, opt in
-                                      (("gene_column", "gene_column"), ("counts_layer", "layer"),
-                                       ("max_length", "max_length")) if getattr(cfg, key) is not None}}
-    info["tokenize"] = tok_opts
-    cells = _select_cells(adapter, info["data"], cfg, tok_opts)
-    features = _choose_features(cfg, all_saes, sorted(targets), spec, info["annotation"], adapter, cells, progress)
-    used = sorted(set(targets) | {t for ts in targets.values() for t in ts})
-    info["fingerprints"] = input_fingerprints(info, used)
-    fp = _fingerprint(cfg, features, targets, cells, info["fingerprints"])
-    return TraceSetup(cfg, info, adapter, all_saes, targets, cells, features, fp)
+    adapter = load_model(ins.model, device=cfg.device, dtype=cfg.dtype)
+    all_saes = load_saes(ins.saes, device=cfg.device)
+    _check_saes(all_saes, adapter, ins.saes)
+    targets = _source_layers(cfg, all_saes, spec, ins.saes)
+    cells = _select_cells(adapter, ins.data, cfg, ins.tokenize)
+    features = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter, cells, progress)
+    ins.fingerprints = input_fingerprints(ins, sorted(set(targets) | {t for ts in targets.values() for t in ts}))
+    fp = _fingerprint(cfg, features, targets, cells, ins.fingerprints)
+    return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp)
+
+
+def lock_trace(setup: TraceSetup):
+    """Hold the output run directory for this trace (:meth:`RunDir.hold`); the shards of one
+    trace share it, each holding its own shard lock."""
+    i, n = setup.cfg.shard_index, setup.cfg.n_shards
+    return RunDir(setup.inputs.out).hold(STAGE, shard=None if n == 1 else f"{STAGE}-shard-{i}of{n}")
+
+
+@dataclass
+class OpenTrace:
+    """A trace stage begun in its run directory (:func:`open_trace`): where blocks go, which
+    blocks this run computes and which of them are still missing."""
+
+    rd: RunDir
+    trace_dir: Path
+    stage: str
+    meta: dict
+    blocks: list[int]
+    """Blocks of this run (all, or this shard's range)."""
+    todo: list[int]
+    """Blocks of ``blocks`` not yet on disk (the others were checked against the fingerprint)."""
+    finished: Accumulators | None
+    """Statistics of the same trace already finished (only the thresholds may differ)."""
+
+
+def open_trace(setup: TraceSetup, fingerprint: str | None = None, executor: dict | None = None) -> OpenTrace:
+    """The one setup and resume path of every executor: begin the manifest stage (this shard's
+    when ``--shard i/n``), write the trace metadata, verify the blocks already on disk (a block
+    of another trace is a clear error) and list those still to compute. ``fingerprint``
+    overrides the setup's (executors whose numbers differ in rounding keep their own blocks)."""
+    cfg = setup.cfg
+    fp = fingerprint or setup.fingerprint
+    meta = setup.meta(fp, executor)
+    rd = RunDir(setup.inputs.out)
+    trace_dir = rd.path / STAGE
+    i, n = cfg.shard_index, cfg.n_shards
+    blocks = list(range(i * setup.n_blocks // n, (i + 1) * setup.n_blocks // n))
+    stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
+    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=setup.inputs.fingerprints,
+                   upstream=rd.stamps("train-sae", "annotate"))
+    atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
+    finished = _finished_statistics(trace_dir, fp) if n == 1 else None
+    todo = []
+    for b in blocks:
+        if block_path(trace_dir, b).is_file():
+            load_block(block_path(trace_dir, b), fp)  # fingerprint check
+        else:
+            todo.append(b)
+    return OpenTrace(rd, trace_dir, stage, meta, blocks, todo, finished)
 
 
 def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=None,
@@ -291,59 +368,60 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     t_start = time.time()
     setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
                           config=cfg, progress=progress)
-    rd = RunDir(setup.info["out"])
-    i, n = cfg.shard_index, cfg.n_shards
-    with rd.hold(STAGE, shard=None if n == 1 else f"{STAGE}-shard-{i}of{n}"):
-        return _trace_blocks(setup, rd, t_start, progress)
+    with lock_trace(setup):
+        return _trace_blocks(setup, t_start, progress)
 
 
-def _trace_blocks(setup: TraceSetup, rd: RunDir, t_start: float, progress: bool) -> TraceResult:
+def _trace_blocks(setup: TraceSetup, t_start: float, progress: bool) -> TraceResult:
     """Compute this shard's missing blocks (all blocks without --shard), then the tables."""
     import torch
     from tqdm.auto import tqdm
 
     from .engine import AblationEngine, TracePlan
 
-    cfg, info, adapter, all_saes = setup.cfg, setup.info, setup.adapter, setup.saes
-    targets, cells, features, fp = setup.targets, setup.cells, setup.features, setup.fingerprint
-    trace_dir = rd.path / STAGE
-    n_blocks = -(-len(cells) // cfg.checkpoint_every)
+    cfg = setup.cfg
+    job = open_trace(setup)
+    if job.finished is not None:  # same trace already computed: only the thresholds may differ
+        return finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
+
+    cells, fp = setup.cells, setup.fingerprint
+    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size,
+                     cfg.encode_chunk)
+    engine = AblationEngine(setup.adapter, setup.saes, plan)
     i, n = cfg.shard_index, cfg.n_shards
-    blocks = list(range(i * n_blocks // n, (i + 1) * n_blocks // n))
-    stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
-    meta = {"fingerprint": fp, "n_blocks": n_blocks, "config": to_dict(cfg), "model_kind": adapter.kind,
-            "model_name": cfg.model_name or adapter.kind, "annotation": None if info["annotation"] is None else str(info["annotation"]),
-            "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
-            "features": {str(s): f.tolist() for s, f in features.items()}}
-    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=info["fingerprints"],
-                   upstream=rd.stamps("train-sae", "annotate"))
-    atomic_write_json(trace_dir / (META if n == 1 else f"trace_meta_shard{i}of{n}.json"), meta)
-
-    done = _finished_statistics(trace_dir, fp) if n == 1 else None
-    if done is not None:  # same trace already computed: only the thresholds may differ
-        return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True, total=done)
-
-    plan = TracePlan(features, targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
-    engine = AblationEngine(adapter, all_saes, plan)
-    todo = [b for b in blocks if not block_path(trace_dir, b).is_file()]
-    for b in blocks:
-        if b not in todo:
-            load_block(block_path(trace_dir, b), fp)  # fingerprint check
-    size = lambda b: min((b + 1) * cfg.checkpoint_every, len(cells)) - b * cfg.checkpoint_every  # noqa: E731
     torch.manual_seed(0)
-    with tqdm(total=sum(size(b) for b in blocks), initial=sum(size(b) for b in blocks if b not in todo),
+    with tqdm(total=sum(len(setup.block_cells(b)) for b in job.blocks),
+              initial=sum(len(setup.block_cells(b)) for b in job.blocks if b not in job.todo),
               desc=f"trace cells (shard {i}/{n})" if n > 1 else "trace cells", unit="cell", disable=not progress) as bar:
-        for b in todo:
+        for b in job.todo:
             t0 = time.time()
-            idx = list(range(b * cfg.checkpoint_every, b * cfg.checkpoint_every + size(b)))
-            acc = engine.run_cells(cells, idx, progress=bar)
+            acc = engine.run_cells(cells, setup.block_cells(b), progress=bar)
             acc.counters["compute_ms"] = int(round((time.time() - t0) * 1000))
-            acc.save(block_path(trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
+            acc.save(block_path(job.trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
     if n > 1:
-        metrics = {"blocks": blocks, "n_blocks": n_blocks, "wall_s": round(time.time() - t_start, 3)}
-        rd.complete_stage(stage, [str((block_path(trace_dir, b)).relative_to(rd.path)) for b in blocks], metrics)
-        return TraceResult(rd.path, None, None, None, metrics)
-    return finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+        metrics = {"blocks": job.blocks, "n_blocks": setup.n_blocks, "wall_s": round(time.time() - t_start, 3)}
+        job.rd.complete_stage(job.stage, [str(block_path(job.trace_dir, b).relative_to(job.rd.path))
+                                          for b in job.blocks], metrics)
+        return TraceResult(job.rd.path, None, None, None, metrics)
+    return finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True)
+
+
+def run_trace(run=None, *, executor: str = "local", plan: bool = False, address: str | None = None,
+              num_workers: int = 2, **kwargs):
+    """What ``sccircuits trace`` runs: the plan only (``plan=True``, returns a
+    :class:`~sccircuits.trace.plan.TracePlanReport`; print it), a local trace (``executor="local"``)
+    or a Ray trace (``executor="ray"``). ``kwargs`` are :func:`sccircuits.trace.trace`'s."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if plan:
+        from .plan import plan_trace
+
+        return plan_trace(run, num_workers=num_workers if executor == "ray" else 1, **kwargs)
+    if executor == "ray":
+        from .ray_executor import trace_with_ray
+
+        return trace_with_ray(run, address=address, num_workers=num_workers, **kwargs)
+    return trace(run, **kwargs)
 
 
 # ----------------------------------------------------------------------------- merge

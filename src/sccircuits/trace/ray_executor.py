@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
-from .trace.accumulators import Accumulators
-from .trace.config import TraceConfig
+from ..errors import ConfigError
+from .accumulators import Accumulators
+from .config import TraceConfig
 
 
 def _import_ray():
@@ -68,7 +68,7 @@ def pack_cells(cells) -> dict[str, np.ndarray]:
 
 def unpack_cells(arrays: dict[str, np.ndarray]):
     """Inverse of :func:`pack_cells`."""
-    from .models.base import TokenizedCells
+    from ..models.base import TokenizedCells
 
     cuts = np.cumsum(arrays["lengths"])[:-1]
     split = lambda x: [np.asarray(a) for a in np.split(x, cuts)]  # noqa: E731
@@ -144,8 +144,8 @@ class TraceWorker:
                  cells: dict, targets: dict, crash_once: tuple[str, str] | None = None):
         import torch
 
-        from .models import load_model
-        from .sae import load_saes
+        from ..models import load_model
+        from ..sae import load_saes
 
         torch.manual_seed(0)
         self.adapter = load_model(model_path, device=device, dtype=dtype)
@@ -158,7 +158,7 @@ class TraceWorker:
         self.engines: dict = {}
 
     def _engine(self, slots):
-        from .trace.engine import AblationEngine, TracePlan
+        from .engine import AblationEngine, TracePlan
 
         key = slots
         if key not in self.engines:
@@ -181,6 +181,35 @@ class TraceWorker:
 
 
 # ----------------------------------------------------------------------------- driver
+@dataclass(frozen=True)
+class RayOptions:
+    """How the Ray executor runs (see :func:`trace_with_ray`)."""
+
+    address: str | None = None
+    num_workers: int = 2
+    cpus_per_worker: float = 1
+    gpus_per_worker: float | None = None
+    task_features: int | None = None
+    split_layers: bool = False
+    max_retries: int = 3
+    crash_once: tuple[str, str] | None = None
+    """Test hook: (task id, marker file): the worker running that task dies once."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.max_retries < 0:
+            raise ConfigError("num_workers must be >= 1 and max_retries >= 0")
+        if self.task_features is not None and self.task_features < 1:
+            raise ConfigError("task_features must be >= 1")
+
+    @property
+    def split(self) -> bool:
+        """Tasks finer than a block (results not bit-identical to a local run)."""
+        return bool(self.split_layers or self.task_features)
+
+    def gpus(self, device: str) -> float:
+        return self.gpus_per_worker if self.gpus_per_worker is not None else (1 if str(device).startswith("cuda") else 0)
+
+
 @dataclass
 class RayStats:
     """What the executor did (returned in ``TraceResult.metrics['executor']``)."""
@@ -212,54 +241,30 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
     """
     from tqdm.auto import tqdm
 
-    from .config import to_dict
-    from .trace import prepare_trace
-    from .rundir import RunDir, atomic_write_json
-    from .trace import stage as st
+    from . import stage as st
 
     ray = _import_ray()
     cfg = config if config is not None else TraceConfig(**options)
     if cfg.n_shards != 1:
         raise ConfigError("--shard cannot be combined with --executor ray (Ray splits the work itself)")
-    if num_workers < 1 or max_retries < 0:
-        raise ConfigError("num_workers must be >= 1 and max_retries >= 0")
-    if task_features is not None and task_features < 1:
-        raise ConfigError("task_features must be >= 1")
+    opts = RayOptions(address, num_workers, cpus_per_worker, gpus_per_worker, task_features, split_layers,
+                      max_retries, _crash_once)
     t_start = time.time()
-    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
-                          config=cfg, progress=progress)
-    split = bool(split_layers or task_features)
-    fp = setup.fingerprint if not split else hashlib.sha256(
+    setup = st.prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
+                             config=cfg, progress=progress)
+    fp = setup.fingerprint if not opts.split else hashlib.sha256(
         f"{setup.fingerprint}|ray-split|{int(split_layers)}|{task_features}".encode()).hexdigest()[:20]
-    info, cells, features = setup.info, setup.cells, setup.features
-    rd = RunDir(info["out"])
-    with rd.hold(st.STAGE):
-        trace_dir = rd.path / st.STAGE
-        n_blocks = setup.n_blocks
-        meta = {"fingerprint": fp, "n_blocks": n_blocks, "config": to_dict(cfg), "model_kind": setup.adapter.kind,
-                "model_name": cfg.model_name or setup.adapter.kind,
-                "annotation": None if info["annotation"] is None else str(info["annotation"]),
-                "inputs": {k: str(info[k]) for k in ("model", "data", "saes")}, "n_cells": len(cells),
-                "features": {str(s): f.tolist() for s, f in features.items()},
-                "executor": {"kind": "ray", "num_workers": num_workers, "task_features": task_features,
-                             "split_layers": split_layers}}
-        rd.begin_stage(st.STAGE, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=info["fingerprints"])
-        atomic_write_json(trace_dir / st.META, meta)
-
-        stats = RayStats()
-        done_blocks = set()
-        for b in range(n_blocks):
-            if st.block_path(trace_dir, b).is_file():
-                st.load_block(st.block_path(trace_dir, b), fp)  # fingerprint check (clear error)
-                done_blocks.add(b)
-        stats.blocks_resumed = len(done_blocks)
-        tasks = [t for t in make_tasks(features, len(cells), cfg.checkpoint_every, task_features, split_layers)
-                 if t.block not in done_blocks]
-        stats.tasks = len(tasks)
-        if tasks:
-            _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_per_worker, max_retries,
-                       fp, trace_dir, stats, progress, _crash_once, tqdm)
-        result = st.finish_trace(rd, [trace_dir], meta, cfg, t_start, cleanup=True)
+    with st.lock_trace(setup):
+        job = st.open_trace(setup, fp, executor={"kind": "ray", "num_workers": num_workers,
+                                                 "task_features": task_features, "split_layers": split_layers})
+        stats = RayStats(blocks_resumed=len(job.blocks) - len(job.todo))
+        if job.finished is None:
+            tasks = [t for t in make_tasks(setup.features, len(setup.cells), cfg.checkpoint_every, task_features,
+                                           split_layers) if t.block in job.todo]
+            stats.tasks = len(tasks)
+            if tasks:
+                _run_tasks(ray, setup, tasks, opts, fp, job.trace_dir, stats, progress, tqdm)
+        result = st.finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
         result.metrics["executor"] = {"kind": "ray", "num_workers": num_workers, **vars(stats)}
         return result
 
@@ -274,25 +279,26 @@ def _fitting_workers(resources: dict, cpus: float, gpus: float) -> int:
     return min(fits) if fits else 1_000_000
 
 
-def _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_per_worker, max_retries,
-               fp, trace_dir, stats: RayStats, progress, crash_once, tqdm) -> None:
-    """Schedule ``tasks`` on ``num_workers`` actors; write each finished block once."""
-    from .trace import stage as st
+def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_dir: Path, stats: RayStats,
+               progress: bool, tqdm) -> None:
+    """Schedule ``tasks`` on ``opts.num_workers`` actors; write each finished block once."""
+    from . import stage as st
 
-    cfg, info = setup.cfg, setup.info
+    cfg, ins = setup.cfg, setup.inputs
+    num_workers, cpus_per_worker, max_retries = opts.num_workers, opts.cpus_per_worker, opts.max_retries
     started = False
     if not ray.is_initialized():
-        kw = {"address": address} if address else {"include_dashboard": False}
+        kw = {"address": opts.address} if opts.address else {"include_dashboard": False}
         ray.init(logging_level=logging.WARNING, **kw)
         started = True
     try:
-        gpus = gpus_per_worker if gpus_per_worker is not None else (1 if str(cfg.device).startswith("cuda") else 0)
+        gpus = opts.gpus(cfg.device)
         Actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus, max_restarts=0)(TraceWorker)
         cells_ref = ray.put(pack_cells(setup.cells))
         plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
                 "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk}
-        new_actor = lambda: Actor.remote(str(info["model"]), str(info["saes"]), cfg.device, cfg.dtype,  # noqa: E731
-                                         dict(plan), cells_ref, setup.targets, crash_once)
+        new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
+                                         dict(plan), cells_ref, setup.targets, opts.crash_once)
         n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))
         if n_actors < min(num_workers, len(tasks)):
             warnings.warn(f"the Ray cluster has room for {n_actors} worker(s) of {cpus_per_worker} CPU and {gpus} GPU; "
@@ -356,21 +362,3 @@ def _run_tasks(ray, setup, tasks, address, num_workers, cpus_per_worker, gpus_pe
     finally:
         if started:
             ray.shutdown()
-
-
-def run_trace(run=None, *, executor: str = "local", plan: bool = False, address: str | None = None,
-              num_workers: int = 2, **kwargs):
-    """What ``sccircuits trace`` runs: the plan only (``plan=True``, returns a
-    :class:`~sccircuits.plan.TracePlanReport`; print it), a local trace (``executor="local"``)
-    or a Ray trace (``executor="ray"``). ``kwargs`` are :func:`sccircuits.trace.trace`'s."""
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
-    if plan:
-        from .plan import plan_trace
-
-        return plan_trace(run, num_workers=num_workers if executor == "ray" else 1, **kwargs)
-    if executor == "ray":
-        return trace_with_ray(run, address=address, num_workers=num_workers, **kwargs)
-    from .trace import trace
-
-    return trace(run, **kwargs)

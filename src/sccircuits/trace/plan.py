@@ -19,7 +19,7 @@
 budget (``torch.cuda.mem_get_info`` on CUDA, available RAM on CPU).
 
 :func:`prepare_trace` resolves a trace's inputs exactly as ``sccircuits trace`` does (same
-cells, same features, same block fingerprint); the Ray executor (``trace_ray.py``) uses it too.
+cells, same features, same block fingerprint); the Ray executor (``trace/ray_executor.py``) uses it too.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError
-from .trace.accumulators import Accumulators
-from .trace.config import TraceConfig
-from .trace.stage import TraceSetup, prepare_trace  # noqa: F401  (re-exported: plan users build on it)
+from ..errors import ConfigError
+from .accumulators import Accumulators
+from .config import TraceConfig
+from .stage import TraceSetup, prepare_trace  # noqa: F401  (re-exported: plan users build on it)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -148,7 +148,7 @@ def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> di
     """
     import torch
 
-    from .trace.engine import AblationEngine, TracePlan
+    from .engine import AblationEngine, TracePlan
 
     cfg, cells = setup.cfg, setup.cells
     lengths = cells.lengths()
@@ -179,7 +179,7 @@ class _SubsetSetup:
     """A view of a setup restricted to some cells (one block), for calibration."""
 
     def __init__(self, setup: TraceSetup, idx: list[int]):
-        from .models.base import TokenizedCells
+        from ..models.base import TokenizedCells
 
         c = setup.cells
         self.cells = TokenizedCells([c.input_ids[i] for i in idx], None if c.values is None else [c.values[i] for i in idx],
@@ -420,7 +420,7 @@ class DtypeAgreement:
 def compare_accumulators(a32: Accumulators, alo: Accumulators, th) -> dict:
     """|delta d| over tests valid in both, and edges that flip (pure function of two traces of
     the same features and cells under thresholds ``th``)."""
-    from .trace.edges import build_tables, pair_statistics
+    from .edges import build_tables, pair_statistics
 
     deltas = []
     for key in sorted(k for k in a32.pairs if k[0] == "real"):
@@ -461,9 +461,9 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
     """
     from dataclasses import replace
 
-    from .models import load_model
-    from .trace.edges import Thresholds
-    from .trace.engine import AblationEngine, TracePlan
+    from ..models import load_model
+    from .edges import Thresholds
+    from .engine import AblationEngine, TracePlan
 
     cfg = config if config is not None else TraceConfig(**options)
     if dtype not in DTYPE_BYTES or dtype == "float32":
@@ -476,7 +476,7 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
     idx = list(range(len(setup.cells)))
     accs, seconds = {}, {}
     for name in ("float32", dtype):
-        adapter = setup.adapter if name == "float32" else load_model(setup.info["model"], device=cfg.device, dtype=name)
+        adapter = setup.adapter if name == "float32" else load_model(setup.inputs.model, device=cfg.device, dtype=name)
         engine = AblationEngine(adapter, setup.saes, plan)
         t0 = time.perf_counter()
         accs[name] = engine.run_cells(setup.cells, idx)
