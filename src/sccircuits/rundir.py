@@ -447,6 +447,11 @@ class RunDir:
         return {n: (stages.get(n) or {}).get("id") if (stages.get(n) or {}).get("status") == "complete" else None
                 for n in names}
 
+    def recorded_path(self, stage: str, key: str) -> Path | None:
+        """A path a stage recorded (e.g. extract's ``data_path``, stored relative to the run so
+        that shared runs name no user's directories), usable from the current directory."""
+        return resolve_recorded((self.stage(stage) or {}).get(key), self.path)
+
     def is_current(self, name: str, config: Any = None) -> bool:
         """True when ``name`` completed (with ``config``, if given) and none of the stages it was
         computed from has been rerun since."""

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..config import from_dict, parse_feature_spec, to_dict
 from ..errors import ConfigError, InputError
-from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, content_fingerprint, read_json, resolve_recorded
+from ..rundir import RunDir, atomic_write_json, atomic_write_parquet, content_fingerprint, read_json
 from .accumulators import Accumulators
 from .config import TraceConfig
 from .edges import Thresholds, build_tables
@@ -79,9 +79,9 @@ class TraceInputs:
         if run is not None:
             rd = RunDir(run, create=False)
             ext = rd.stage("extract")
-            if ext:  # paths recorded relative to the run directory (older runs: absolute)
-                model = model or resolve_recorded(ext.get("model_path"), rd.path)
-                data = data or resolve_recorded(ext.get("data_path"), rd.path)
+            if ext:
+                model = model or rd.recorded_path("extract", "model_path")
+                data = data or rd.recorded_path("extract", "data_path")
                 c = ext.get("config", {})
                 tokenize = {opt: c[key] for key, opt in TOKENIZE_OPTIONS if c.get(key) is not None}
             saes = rd.path if saes is None else saes
