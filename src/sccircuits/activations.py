@@ -184,6 +184,7 @@ def _extract(run: RunDir, model, data, cfg: ExtractConfig, overwrite: bool,
     if _prepare_dir(run, act, plan, overwrite):
         return ActivationStore(run)
     run.begin_stage(STAGE, cfg, model_path=plan["model_path"], data_path=plan["data_path"],
+                    model_path_as_given=model_path, data_path_as_given=data_path,
                     fingerprints={"model": model_fp, "data": data_fp})
 
     todo = [i for i in range(len(shards)) if not _shard_done(act, i, layers)]

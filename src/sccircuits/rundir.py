@@ -448,9 +448,16 @@ class RunDir:
                 for n in names}
 
     def recorded_path(self, stage: str, key: str) -> Path | None:
-        """A path a stage recorded (e.g. extract's ``data_path``, stored relative to the run so
-        that shared runs name no user's directories), usable from the current directory."""
-        return resolve_recorded((self.stage(stage) or {}).get(key), self.path)
+        """A path a stage recorded (e.g. extract's ``data_path``), usable from the current
+        directory: stored relative to the run (so that a run moved together with its inputs, or
+        shared, names no user's directories), else as the user gave it (``KEY_as_given``: a run
+        copied elsewhere still finds inputs given by absolute path)."""
+        st = self.stage(stage) or {}
+        rel = resolve_recorded(st.get(key), self.path)
+        given = st.get(f"{key}_as_given")
+        if (rel is None or not rel.exists()) and given:
+            return Path(given)
+        return rel
 
     def is_current(self, name: str, config: Any = None) -> bool:
         """True when ``name`` completed (with ``config``, if given) and none of the stages it was
