@@ -3,11 +3,18 @@
 Used only to check the real tracer (``sccircuits.trace``) and by ``benchmarks/trace_speed.py``.
 It follows docs/method.md §5 literally, the way the published scripts did:
 
-* for every cell, for every source layer, for every traced feature that fires in the cell:
+* for every cell, for every source layer, for every traced feature that is active in the cell:
   ONE full forward pass of the whole model, batch 1, with a forward hook on block ``s`` that
-  adds ``-z_f * W_dec[f]`` to its output at the positions where ``f`` fires;
+  adds ``-z_f * W_dec[f]`` to its output (bio-sae-circuits ``src/13_causal_circuit_tracing.py``
+  L654-684: ``h_ablated[:, fi] = 0``, ``delta = decode(h_ablated) - decode(h_sparse)``);
+* "active" at a position = ``f`` is in the SAE's top-k support there (L655: ``(topk_indices ==
+  fi).any(dim=1)``), even where the ReLU'd value is 0 (bio-sae-circuits ``src/sae_model.py``
+  L64-65: top-k first, ReLU after); the observation is the mean over those positions of
+  encode(ablated) - encode(clean) (L688-708);
 * the SAE code is computed here from the raw weights (not with ``TopKSAE.encode``);
-* statistics with plain numpy per test, published thresholds and top-N cap.
+* statistics with plain numpy per test as the published Welford accumulator finalises them
+  (L222-230: d = mean / max(sd, 1e-10), consistency = max(#>0, n - #>0) / n, no test when
+  n < 2, L745), published thresholds (L78-80, L756) and top-50 cap by |d| (L763).
 
 Shares nothing with the tracer except the tokenized cells and the weights. For Geneformer it
 runs Hugging Face's ``BertModel`` loaded separately with eager attention (as the published code
@@ -22,14 +29,20 @@ import pandas as pd
 import torch
 
 
-def sae_encode(sae, h: torch.Tensor) -> torch.Tensor:
-    """TopK code from raw weights, fp32 as published: top-k of (h - mean) @ W_enc + b_enc, ReLU."""
+def sae_encode_support(sae, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code, top-k indices) from raw weights, fp32 as published (sae_model.py L60-71): top-k of
+    (h - mean) @ W_enc + b_enc, then ReLU of the kept values."""
     w, b, mean = (x.detach().float() for x in (sae.W_enc, sae.b_enc, sae.activation_mean))
     pre = (h.detach().float() - mean) @ w + b
     top = torch.topk(pre, sae.k, dim=-1)
     z = torch.zeros_like(pre)
     z.scatter_(-1, top.indices, torch.relu(top.values))
-    return z
+    return z, top.indices
+
+
+def sae_encode(sae, h: torch.Tensor) -> torch.Tensor:
+    """TopK code from raw weights (see :func:`sae_encode_support`)."""
+    return sae_encode_support(sae, h)[0]
 
 
 class _Patch:
@@ -97,10 +110,11 @@ def naive_observations(adapter, saes: dict, cells, features: dict[int, list[int]
         passes += 1
         for s, feats in features.items():
             z_s = torch.zeros(len(ids), saes[s].d_sae, dtype=torch.float32)
-            z_s[genes] = sae_encode(saes[s], clean[s][genes])
+            support = torch.full((len(ids), saes[s].k), -1, dtype=torch.long)
+            z_s[genes], support[genes] = sae_encode_support(saes[s], clean[s][genes])
             model.hook(s)
             for f in feats:
-                fired = z_s[:, f] > 0
+                fired = (support == f).any(1)  # published L655: in the top-k, whatever its value
                 if not bool(fired.any()):
                     continue
                 delta = -z_s[:, f, None] * saes[s].W_dec[f].detach().float()[None, :]
@@ -137,9 +151,7 @@ def naive_edges(obs: dict, d_threshold: float = 0.5, consistency_threshold: floa
         for g in range(X.shape[1]):
             x = X[:, g]
             sd = x.std(ddof=1)
-            if not sd > 0:
-                continue
-            d = x.mean() / sd
+            d = x.mean() / max(sd, 1e-10)  # published L228
             pos = int((x > 0).sum())
             cons = max(pos, n - pos) / n
             if abs(d) > d_threshold and cons > consistency_threshold:
@@ -149,3 +161,15 @@ def naive_edges(obs: dict, d_threshold: float = 0.5, consistency_threshold: floa
     df = pd.DataFrame(rows, columns=["source_layer", "source_feature", "target_layer", "target_feature",
                                      "cohens_d", "consistency", "n_cells", "mean_delta"])
     return df.sort_values(["source_layer", "source_feature", "target_layer", "target_feature"], ignore_index=True)
+
+
+EDGE_KEY = ["source_layer", "source_feature", "target_layer", "target_feature"]
+
+
+def assert_same_edges(ours: pd.DataFrame, ref: pd.DataFrame) -> None:
+    """The tracer's capped edges equal the naive loop's: same keys, d, mean delta and cell counts."""
+    merged = ours.merge(ref, on=EDGE_KEY, how="outer", suffixes=("", "_ref"), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged["_merge"].value_counts()
+    np.testing.assert_allclose(merged["cohens_d"], merged["cohens_d_ref"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(merged["mean_delta"], merged["mean_delta_ref"], rtol=1e-4, atol=1e-5)
+    assert (merged["n_cells"] == merged["n_cells_ref"]).all()

@@ -121,6 +121,14 @@ def test_analyze_writes_outputs_and_records_the_stage(runs):
     # GO:1->GO:1 and GO:3->GO:3 (10 edges) are coherent, GO:1->GO:2 and GO:4->GO:2 are not
     assert c["n_edges_annotated"] == 20 and c["n_coherent"] == 10 and c["coherence"] == 0.5
     assert 1 / 100 <= c["p_value"] <= 1
+    # features of the same domain have the same top genes here: the 10 coherent edges are all
+    # 'persistent' (a feature carried forward) and leave the headline coherence at 0
+    w = al["coherence_without_persistence"]
+    # (11 persistent edges: the 10 plus one between two unannotated features whose only top gene is 'X')
+    assert w["persistence"]["n_edges_persistent"] == 11 and w["persistence"]["n_edges_annotated"] == 10
+    assert w["persistence"]["coherence"] == 1.0
+    assert w["n_edges_annotated"] == 10 and w["n_coherent"] == 0 and w["p_value"] == 1.0
+    assert set(pd.read_parquet(a / "analysis/coherence_null.parquet")["edges"]) == {"all", "non_persistent"}
     assert al["n_domain_pairs"] == 4
     assert s["n_layers"] == 3 and s["n_layers_from"] == "inferred"
     att = pd.read_parquet(a / "analysis/attenuation.parquet")

@@ -211,6 +211,18 @@ def test_atlas_in_chromium_search_card_neighbour(atlas, tmp_path):
         strongest = mine.loc[mine.cohens_d.abs().idxmax()]
         other = ("target" if (strongest.source_layer, strongest.source_feature) == (layer, feat) else "source")
         assert (n_run, n_layer, n_feat) == (ri, strongest[f"{other}_layer"], strongest[f"{other}_feature"])
+        # sort an edge table by q with clicks on its header: descending, then ascending
+        table = b.evaluate("document.querySelector('table.edges').id")
+        for desc, mark in ((True, "\u25bc"), (False, "\u25b2")):
+            b.click_selector(f"#{table} th[data-col='4']")
+            b.wait_for(f"document.querySelector('#{table} th[data-col=\"4\"]').textContent.endsWith('{mark}')")
+            qs = b.evaluate(f"[...document.getElementById('{table}').tBodies[0].rows].map(r => +r.cells[4].textContent)")
+            assert len(qs) and qs == sorted(qs, reverse=desc)
+        # two hops show at least the one-hop neighbourhood
+        one = b.evaluate("window.atlas.cy.nodes().length")
+        b.evaluate("(() => { const s = document.getElementById('hops'); s.value = '2';"
+                   " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        assert b.wait_for("window.atlas.cy.nodes().length") >= one
         b.screenshot(tmp_path / "neighbour.png")
         assert b.console == []
         assert all(u.startswith("file:") or u.startswith("data:") for u in b.requests), b.requests
@@ -260,7 +272,9 @@ def test_consensus_view_lists_the_edges_behind_each_pair(tmp_path):
 
     a = edges([(0, 1, "apoptosis", "GO:A", 1, 2, "mitosis", "GO:B", -1.2),
                (0, 1, "apoptosis", "GO:A", 1, 3, "unannotated", "", 0.8),
-               (0, 4, "mitosis", "GO:B", 1, 2, "mitosis", "GO:B", 0.7)])
+               (0, 4, "mitosis", "GO:B", 1, 2, "mitosis", "GO:B", 0.7),
+               (0, 6, "apoptosis", "GO:A", 1, 9, "mitosis", "GO:B", 2.5)])
+    a["edge"] = [True, True, True, False]  # a tested pair outside the trace's edge set: not shown
     b = edges([(0, 5, "apoptosis", "GO:A", 2, 7, "mitosis", "GO:B", 0.9)])
     tables = []
     for name, e in (("gf", a), ("sg", b)):
@@ -288,4 +302,5 @@ def test_consensus_view_lists_the_edges_behind_each_pair(tmp_path):
     behind = {run: [(F["layer"][E["s"][i]], F["id"][E["s"][i]], F["layer"][E["t"][i]], F["id"][E["t"][i]], E["d"][i])
                     for i in ix] for run, ix in pair["edges"].items()}
     assert behind == {"0": [(0, 1, 1, 2, -1.2)], "1": [(0, 5, 2, 7, 0.9)]}
+    assert len(E["s"]) == 4 and data["runs"][0]["n_edges"] == 3
     assert [data["terms"][F["label"][E["s"][i]]][0] for i in pair["edges"]["0"]] == ["GO:A"]  # labels from the edges

@@ -51,14 +51,19 @@ def _command(path):
     return cmd
 
 
-def _leaf_fields(cls, prefixes, prefix=""):
-    """(option name, field, declared default) of every non-config field, nested ones flattened."""
+def _leaf_fields(cls, prefixes, prefix="", skip=()):
+    """(option name, field, declared default) of every non-config field, nested ones flattened
+    (a nested ``compat`` is left out when the outer config has one: one --compat per stage)."""
     hints = typing.get_type_hints(cls)
+    own = {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         if dataclasses.is_dataclass(inner[0]):
-            yield from _leaf_fields(inner[0], prefixes, prefix + prefixes.get(f.name, ""))
+            yield from _leaf_fields(inner[0], prefixes, prefix + prefixes.get(f.name, ""),
+                                    skip=("compat",) if "compat" in own else ())
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         yield prefix + f.name, f, default

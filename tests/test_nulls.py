@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from sccircuits.analysis import coherence as coh
 from sccircuits.analysis import consensus as cons
 from sccircuits.analysis import disease as dis
+from sccircuits.stats import hypergeom_sf, stratified_hypergeom_sf
+from sccircuits.validate import metrics
+from sccircuits.validate.core import expression_strata, stratified_fisher
 
 REPEATS = 40
 
@@ -152,3 +157,207 @@ def test_degree_strata_merge_small_degree_groups():
     assert dis.degree_strata([1, 1, 1, 2, 2, 3, 9, 9, 9, 9, 9, 10], min_size=3).tolist() == \
         [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2]
     assert dis.degree_strata([4, 4], min_size=5).tolist() == [0, 0]
+
+
+# --- CRISPRi validation ------------------------------------------------------------------------
+
+def _screen_pairs(seed: int, n_kd=40, n_targets=25, n_genes=300, target_signal=0.0):
+    """Predicted pairs of a synthetic screen in which knockdowns shift many genes one way.
+
+    Every target of a source inherits the source's sign (85%), each knockdown shifts its genes
+    in one direction (75% of them), and that direction agrees with the source's sign 65% of the
+    time (knowledge of the source, none of the targets). ``target_signal``: probability that a
+    pair's observed sign is replaced by its own predicted sign (a real target-level signal).
+    """
+    rng = np.random.default_rng(seed)
+    kd = np.repeat(np.arange(n_kd), n_targets)
+    tgt = np.concatenate([rng.choice(n_genes, n_targets, replace=False) for _ in range(n_kd)])
+    src_sign = rng.choice([-1, 1], n_kd)
+    pred = np.where(rng.random(kd.size) < 0.85, src_sign[kd], -src_sign[kd])
+    shift = np.where(rng.random(n_kd) < 0.65, src_sign, -src_sign)
+    obs = np.where(rng.random(kd.size) < 0.75, shift[kd], -shift[kd])
+    obs = np.where(rng.random(kd.size) < target_signal, pred, obs)
+    mean_d = pred * rng.uniform(0.5, 2, kd.size)
+    lfc = obs * rng.uniform(0.02, 1, kd.size)
+    return mean_d, lfc, np.array([f"K{i}" for i in kd]), np.array([f"G{i}" for i in tgt])
+
+
+VALIDATION_REPEATS = 100  # cheap: the permutation nulls are exact hypergeometric draws
+
+
+def _validation_runs(target_signal: float, swap_roles: bool = False):
+    old, within = [], {"within_knockdown_p": [], "within_target_p": []}
+    for seed in range(VALIDATION_REPEATS):
+        mean_d, lfc, kd, tgt = _screen_pairs(seed, target_signal=target_signal)
+        if swap_roles:  # targets respond the same way in every knockdown: the mirror case
+            kd, tgt = tgt, kd
+        one_way = metrics.directional_accuracy(mean_d, lfc, kd, n_boot=100, seed=seed)
+        old.append(one_way["excess_ci_low"] > 0)
+        r = metrics.accuracy_with_nulls(mean_d, lfc, kd, tgt, n_perm=199, n_boot=10, seed=seed)
+        for k in within:
+            within[k].append(r[k])
+    return float(np.mean(old)), {k: _rate(v) for k, v in within.items()}, within
+
+
+# The within-cluster nulls are exact (conditional on each cluster's sign counts the statistic's
+# null distribution is a sum of hypergeometrics, sampled directly), so on a no-signal case the
+# share of repeats with p <= 0.05 is 5% in expectation: measured 6/100 (and 11/200) here, within
+# binomial noise of 5%. The test therefore bounds the count by the binomial 99% quantile
+# (Binomial(100, 0.05) -> 10) and checks that the p-values are not skewed towards 0.
+
+def _not_small(pvalues) -> None:
+    from scipy.stats import binom
+
+    p = np.asarray(pvalues)
+    assert np.sum(p <= 0.05) <= binom.ppf(0.99, p.size, 0.05)
+    assert np.mean(p) > 0.4  # uniform-ish: mean 0.5 for an exact test (a fooled null: near 0)
+
+
+def test_validation_target_identity_uninformative_fools_the_sign_bias_baseline_only():
+    old, rates, p = _validation_runs(0.0)
+    assert old >= 0.3  # one-way bootstrap CI of the excess over the sign-bias baseline above 0 (measured 0.47)
+    _not_small(p["within_knockdown_p"])  # measured: p <= 0.05 in 6 of 100
+
+
+def test_validation_target_direction_shared_across_knockdowns_is_not_a_signal():
+    # the mirror case: each target gene moves one way whatever is knocked down
+    _, rates, p = _validation_runs(0.0, swap_roles=True)
+    _not_small(p["within_target_p"])  # measured: 6 of 100
+
+
+def test_validation_planted_target_signal_is_detected_by_both_baselines():
+    _, rates, _ = _validation_runs(0.3)
+    assert rates["within_knockdown_p"] >= 0.95 and rates["within_target_p"] >= 0.95
+
+
+def test_within_cluster_null_is_exact():
+    pred = np.array([1, 1, 0, 0, 1, 0], bool)
+    obs = np.array([1, 0, 0, 1, 1, 1], bool)
+    cl = np.array([0, 0, 0, 0, 1, 1])
+    # cluster 0: n=4, pp=2, op=2 -> E[matches] = 4 - 2 - 2 + 2*2*2/4 = 2; cluster 1: n=2, pp=1, op=2 -> 1
+    assert metrics.within_cluster_baseline(pred, obs, cl) == pytest.approx(3 / 6)
+    null = metrics.within_cluster_null(pred, obs, cl, 4000, seed=0)
+    assert null.mean() == pytest.approx(0.5, abs=0.01)
+    assert set(np.round(null * 6).astype(int)) <= {1, 3, 5}
+
+
+def test_two_way_bootstrap_moves_whole_knockdowns_and_targets():
+    mean_d, lfc, kd, tgt = _screen_pairs(0)
+    b = metrics.two_way_bootstrap(mean_d > 0, lfc > 0, kd, tgt, n_boot=300, seed=1)
+    one = metrics.bootstrap_clusters(metrics.cluster_counts(kd, mean_d > 0, lfc > 0)[1], 300, 1)
+    assert b.shape == (300, 7) and np.array_equal(b, metrics.two_way_bootstrap(mean_d > 0, lfc > 0, kd, tgt,
+                                                                                 n_boot=300, seed=1))
+    assert np.std(b[:, 0]) >= np.std(one[:, 0])  # resampling targets too adds their variance
+
+
+# --- Fisher enrichment, expression-matched -----------------------------------------------------
+
+def _fisher_case(seed: int, n_kd=30, n_genes=600, planted=0.0):
+    """Predicted targets are well expressed and responsiveness rises with expression; with
+    ``planted`` > 0 predicted targets are also more responsive than their expression explains."""
+    rng = np.random.default_rng(seed)
+    expr = rng.lognormal(0, 1.5, n_genes)
+    z = (np.log(expr) - np.log(expr).mean()) / np.log(expr).std()
+    predicted = rng.random((n_kd, n_genes)) < 0.1 / (1 + np.exp(-3 * z))
+    p_resp = 1 / (1 + np.exp(-(2.5 * z - 2)))
+    responsive = rng.random((n_kd, n_genes)) < np.clip(p_resp + planted * predicted, 0, 1)
+    return expr, predicted, responsive
+
+
+def _fisher_rates(planted: float):
+    plain, matched = [], []
+    for seed in range(REPEATS // 4):
+        expr, predicted, responsive = _fisher_case(seed, planted=planted)
+        universe = np.ones_like(predicted)
+        a, b, c, d = metrics.fisher_tables(predicted, responsive, universe)
+        plain += list(hypergeom_sf(a, a + b, a + c, a + b + c + d))
+        strata = expression_strata(expr, np.ones(expr.size, bool), 10)
+        matched += list(stratified_fisher(predicted, responsive, universe, strata)[-1])
+    return _rate(plain), _rate(matched)
+
+
+def test_fisher_expression_confounding_fools_plain_not_matched():
+    plain, matched = _fisher_rates(0.0)  # 300 knockdown tests; over 3,000: plain 0.68, matched 0.036
+    assert plain >= 0.5
+    assert matched <= 0.05
+
+
+def test_fisher_planted_enrichment_is_detected_when_matched():
+    _, matched = _fisher_rates(0.3)
+    assert matched >= 0.9  # over 3,000 tests: 0.93
+
+
+def test_stratified_hypergeom_matches_plain_with_one_stratum_and_simulation():
+    assert stratified_hypergeom_sf([[3]], [[10]], [[20]], [[100]])[0] == pytest.approx(hypergeom_sf(3, 10, 20, 100))
+    rng = np.random.default_rng(0)
+    x = rng.hypergeometric(5, 15, 6, 400_000) + rng.hypergeometric(8, 22, 4, 400_000)
+    assert stratified_hypergeom_sf([[2, 2]], [[6, 4]], [[5, 8]], [[20, 30]])[0] == pytest.approx(np.mean(x >= 4), abs=0.003)
+
+
+# --- coherence ---------------------------------------------------------------------------------
+
+def _coherence_case(seed: int, n=60, n_persist=20, planted=False):
+    """Two layers of features whose top genes come from gene 'pathways' (a term = a pathway with at
+    least 3 of the feature's top genes). Layer-1 features 0..n_persist-1 continue layer-0 features
+    (8 of 10 top genes kept); layer-1 features n_persist.. are pathway partners of the layer-0
+    features with the same index (same main pathway, other genes). Edges: the continuations, plus
+    random non-continuation edges (no signal) or the partner edges (planted coherence)."""
+    rng = np.random.default_rng(seed)
+    n_path, size = 30, 20
+    genes = np.arange(n_path * size).reshape(n_path, size)
+
+    def feature(main, exclude=()):
+        pool = np.setdiff1d(genes[main], exclude)
+        second = rng.choice(np.setdiff1d(np.arange(n_path), [main]))
+        extra = rng.integers(0, 5)
+        return np.r_[rng.choice(pool, 10 - extra, replace=False), rng.choice(genes[second], extra, replace=False)]
+
+    main = rng.integers(0, n_path, n)
+    top0 = [feature(m) for m in main]
+    top1 = [np.r_[t[:8], rng.choice(np.setdiff1d(genes.ravel(), t), 2, replace=False)] if i < n_persist
+            else feature(main[i], exclude=top0[i]) for i, t in enumerate(top0)]
+
+    def terms(t):
+        counts = np.bincount(t // size, minlength=n_path)
+        return frozenset(f"P{p}" for p in np.flatnonzero(counts >= 3))
+
+    ts = {0: {i: terms(t) for i, t in enumerate(top0)}, 1: {i: terms(t) for i, t in enumerate(top1)}}
+    tg = {0: {i: frozenset(map(str, t)) for i, t in enumerate(top0)},
+          1: {i: frozenset(map(str, t)) for i, t in enumerate(top1)}}
+    pairs = [(i, i) for i in range(n_persist)]
+    if planted:
+        pairs += [(i, i) for i in range(n_persist, n)]
+    else:
+        pairs += [(int(a), int(b)) for a, b in zip(rng.integers(0, n, n - n_persist), rng.integers(n_persist, n, n - n_persist))]
+    edges = pd.DataFrame({"source_layer": 0, "source_feature": [a for a, _ in pairs], "target_layer": 1,
+                          "target_feature": [b for _, b in pairs]})
+    return edges, ts, tg
+
+
+def _coherence_pvalues(planted: bool):
+    old, new = [], []
+    for seed in range(REPEATS):
+        edges, ts, tg = _coherence_case(seed, planted=planted)
+        old.append(coh.coherence_test(edges, ts, n_perm=99, seed=seed)[0]["p_value"])
+        new.append(coh.coherence_with_persistence_control(edges, ts, tg, n_perm=99, seed=seed)[0]["p_value"])
+    return old, new
+
+
+def test_coherence_from_feature_persistence_fools_the_stratified_null_only():
+    old, new = _coherence_pvalues(planted=False)
+    assert _rate(old) >= 0.9
+    assert _rate(new) <= 0.05
+
+
+def test_coherence_planted_between_distinct_features_is_detected():
+    _, new = _coherence_pvalues(planted=True)
+    assert _rate(new) >= 0.95
+
+
+def test_persistence_mask_uses_the_top_gene_overlap_coefficient():
+    edges = pd.DataFrame({"source_layer": [0, 0, 0], "source_feature": [0, 0, 1], "target_layer": [1, 1, 1],
+                          "target_feature": [0, 1, 2]})
+    tg = {0: {0: frozenset("abcd"), 1: frozenset("xy")}, 1: {0: frozenset("abcz"), 1: frozenset("az")}}
+    ov = coh.top_gene_overlap(edges, tg)
+    assert ov[0] == pytest.approx(3 / 4) and ov[1] == pytest.approx(1 / 2) and np.isnan(ov[2])
+    assert coh.persistence_mask(edges, tg, 0.6).tolist() == [True, False, False]

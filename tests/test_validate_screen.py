@@ -62,6 +62,7 @@ def test_planted_effects_give_high_accuracy_and_enrichment(tmp_path, sparse_x):
     row = res.summary[res.summary["subset"] == "all"].iloc[0]
     assert row["accuracy"] > 0.95
     assert row["excess_ci_low"] > 0.2
+    assert row["within_knockdown_p"] < 0.01 and row["within_target_p"] < 0.01
     assert row["n_knockdowns_enriched"] >= 10 and row["n_knockdowns_tested"] == 12
     assert (res.knockdowns["self_lfc"] < -1.5).all()
     # tables written and the stage recorded
@@ -89,6 +90,10 @@ def test_random_effects_match_the_sign_bias_baseline(tmp_path):
     assert 0.3 < row["baseline"] < 0.46  # far from 0.5: the bias is real
     assert row["excess_ci_low"] <= 0 <= row["excess_ci_high"]
     assert row["accuracy_ci_low"] <= row["baseline"] <= row["accuracy_ci_high"]
+    assert row["within_knockdown_p"] > 0.05 and row["within_target_p"] > 0.05
+    assert row["within_knockdown_excess_ci_low"] <= 0 <= row["within_knockdown_excess_ci_high"]
+    assert "naive_binomial_p_vs_half" in row and "binomial_p_vs_half" not in row
+    assert "p_value_unstratified" in res.enrichment
 
 
 def test_cell_lines_stay_separate(tmp_path):

@@ -305,6 +305,10 @@ def compare_cmd(
               f"{edg['fold_enrichment']:.2f}x (p={edg['p_value']:.3g}), "
               f"label permutation {lab['fold_enrichment']:.2f}x (p={lab['p_value']:.3g}), "
               f"rewiring {rew['fold_enrichment']:.2f}x (p={rew['p_value']:.3g})")
+    if "reference" in r:
+        d = r["reference"]["disease"]
+        print(f"compat reference: {r['reference']['consensus']['n_consensus']} consensus pairs; disease pairs "
+              f"{d['n_disease_pairs']}/{d['n_pairs']}, OR {d['odds_ratio']:.2f} (p={d['p_value']:.3g})")
     print(f"written to {out}")
 
 

@@ -12,7 +12,8 @@ default and no help text:
 Rules, the same for every command: field ``n_features`` -> ``--n-features``; a bool ->
 ``--x/--no-x``; ``X | None`` -> an optional option; a list -> comma-separated text (parsed by
 the dataclass); a nested config dataclass (e.g. ``ValidateConfig.predict``) -> its own fields,
-flattened (with a prefix where names would collide).
+flattened (with a prefix where names would collide), except its ``compat`` when the outer
+config has one: a stage has one ``--compat``, which its ``__post_init__`` hands down.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def cli_fields(cls: type, prefixes: dict[str, str] | None = None,
     prefixes, aliases = prefixes or {}, aliases or {}
     hints = typing.get_type_hints(cls)
     out: list[CliField] = []
+    own = {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         tp, optional = _base_type(hints[f.name])
         if dataclasses.is_dataclass(tp):
-            out += cli_fields(tp, prefixes, aliases, _path + (f.name,), _prefix + prefixes.get(f.name, ""))
+            inner = cli_fields(tp, prefixes, aliases, _path + (f.name,), _prefix + prefixes.get(f.name, ""))
+            out += [c for c in inner if not ("compat" in own and c.path == _path + (f.name, "compat"))]
             continue
         name = _prefix + f.name
         flag = "--" + name.replace("_", "-")

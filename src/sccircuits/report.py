@@ -171,17 +171,31 @@ def coherence_section(r: RunData) -> str:
         return "<p class='na'>analyze has not run</p>"
     rows = []
     for edge_set in ("all", "capped"):
-        c = (r.analysis.get(edge_set) or {}).get("coherence") or {}
-        rows.append({"edges": edge_set, "edges with both ends annotated": c.get("n_edges_annotated"),
-                     "coherent": c.get("n_coherent"), "coherence": c.get("coherence"),
-                     "null mean": c.get("null_mean"), "fold enrichment": c.get("fold_enrichment"),
-                     "permutation p": c.get("p_value"), "draws": c.get("n_perm"), "note": c.get("reason", "")})
-    html_ = _table(pd.DataFrame(rows).round(4))
+        s = r.analysis.get(edge_set) or {}
+        for key, which in (("coherence_without_persistence", "without persistent edges (headline)"),
+                           ("coherence", "all (published definition)")):
+            c = s.get(key)
+            if c is None:
+                continue
+            pers = c.get("persistence") or {}
+            rows.append({"edges": edge_set, "which": which, "edges with both ends annotated": c.get("n_edges_annotated"),
+                         "coherent": c.get("n_coherent"), "coherence": c.get("coherence"),
+                         "null mean": c.get("null_mean"), "fold enrichment": c.get("fold_enrichment"),
+                         "permutation p": c.get("p_value"), "draws": c.get("n_perm"),
+                         "persistent edges left out": pers.get("n_edges_persistent"),
+                         "their coherence": pers.get("coherence"), "note": c.get("reason", "")})
+    html_ = ("<p class='note'>Persistent edges: source and target share at least half of their top genes "
+             "(a feature carried forward by the residual stream); their term sets intersect by construction, "
+             "so the headline leaves them out and shows their coherence apart.</p>" + _table(pd.DataFrame(rows).round(4)))
     null = _read_parquet(r.run.path / "analysis" / "coherence_null.parquet")
-    obs = ((r.analysis.get("all") or {}).get("coherence") or {}).get("coherence")
+    alls = r.analysis.get("all") or {}
+    key, which = (("coherence_without_persistence", "non_persistent") if alls.get("coherence_without_persistence")
+                  else ("coherence", "all"))
+    obs = (alls.get(key) or {}).get("coherence")
     if null is not None and len(null) and obs is not None:
-        img = figure_null(null[null.edge_set == "all"].coherence.to_numpy(), float(obs),
-                          "coherence (share of annotated edges sharing a term)", f"coherence null of {r.name}")
+        sel = null[(null.edge_set == "all") & (null["edges"] == which)] if "edges" in null else null[null.edge_set == "all"]
+        img = figure_null(sel.coherence.to_numpy(), float(obs),
+                          f"coherence ({which.replace('_', '-')} edges sharing a term)", f"coherence null of {r.name}")
         html_ += img or ""
     return html_
 

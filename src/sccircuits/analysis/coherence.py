@@ -12,6 +12,17 @@ therefore keeps a similarly rich (random) set, so the null is not fooled by hubs
 annotated with many terms. Fold enrichment = observed / mean null; permutation
 p = (1 + #null >= observed) / (1 + N).
 
+Persistence control. The residual stream carries a feature forward: an edge from a feature to
+its own continuation in a later layer joins two features with largely the same top genes, so
+their term sets intersect by construction, not because the circuit links two functions. The
+stratified null breaks that link and is fooled by it. :func:`persistence_mask` flags edges
+whose two ends share most top genes (overlap coefficient ``|A & B| / min(|A|, |B|)`` >=
+``min_overlap``, default 0.5); :func:`coherence_with_persistence_control` reports coherence
+and its null on the other edges (the headline) and the persistent edges' coherence apart. The
+null of the non-persistent edges may pair features that share genes, which can only raise it
+(conservative). ``tests/test_nulls.py`` measures both on a circuit built of continuation edges
+plus random edges.
+
 Everything is vectorised: per (source layer, target layer) the "term sets intersect" matrix of
 all annotated features is one sparse product, and a permutation only re-indexes it.
 """
@@ -151,3 +162,51 @@ def coherence_test(edges: pd.DataFrame, term_sets: TermSets, n_perm: int = 1000,
         "p_value": permutation_p(obs, null_frac) if n_perm else float("nan"),
     })
     return result, null_frac
+
+
+TopGenes = dict[int, dict[int, frozenset[str]]]  # layer -> feature -> top gene symbols
+
+
+def top_genes_from_catalogs(catalogs: dict[int, pd.DataFrame]) -> TopGenes:
+    """Top gene symbols of every feature, per layer, from the annotation catalogs."""
+    return {int(layer): {int(f): frozenset(map(str, g)) for f, g in zip(c["feature"], c["top_genes"])
+                         if g is not None and len(g)}
+            for layer, c in catalogs.items()}
+
+
+def top_gene_overlap(edges: pd.DataFrame, top_genes: TopGenes) -> np.ndarray:
+    """Overlap coefficient |A & B| / min(|A|, |B|) of the source's and target's top genes per edge
+    (NaN when either end has no top genes)."""
+    out = np.full(len(edges), np.nan)
+    cols = [np.asarray(edges[c], np.int64) for c in ("source_layer", "source_feature", "target_layer", "target_feature")]
+    for i, (ls, fs, lt, ft) in enumerate(zip(*cols)):
+        a = top_genes.get(int(ls), {}).get(int(fs))
+        b = top_genes.get(int(lt), {}).get(int(ft))
+        if a and b:
+            out[i] = len(a & b) / min(len(a), len(b))
+    return out
+
+
+def persistence_mask(edges: pd.DataFrame, top_genes: TopGenes, min_overlap: float = 0.5) -> np.ndarray:
+    """Edges whose ends share at least ``min_overlap`` of their top genes (feature carried forward)."""
+    return np.nan_to_num(top_gene_overlap(edges, top_genes), nan=0.0) >= min_overlap
+
+
+def coherence_with_persistence_control(edges: pd.DataFrame, term_sets: TermSets, top_genes: TopGenes,
+                                       min_overlap: float = 0.5, n_perm: int = 1000, seed: int = 0,
+                                       progress: bool = False) -> tuple[dict, np.ndarray]:
+    """Coherence and stratified null of the edges that are not persistent (the headline), plus the
+    persistent edges' own coherence (no null: it is high by construction).
+
+    Returns (result dict, null of the non-persistent edges). The result is
+    :func:`coherence_test`'s dict plus ``persistence``: rule, n_edges_persistent, and the
+    persistent edges' n_edges_annotated / n_coherent / coherence.
+    """
+    persistent = persistence_mask(edges, top_genes, min_overlap)
+    res, null = coherence_test(edges[~persistent].reset_index(drop=True), term_sets, n_perm=n_perm, seed=seed,
+                               progress=progress)
+    pers, _ = coherence_test(edges[persistent].reset_index(drop=True), term_sets, n_perm=0)
+    res["persistence"] = {"rule": f"top-gene overlap coefficient >= {min_overlap} (edge left out of the test)",
+                          "n_edges_persistent": int(persistent.sum()),
+                          **{k: pers[k] for k in ("n_edges_annotated", "n_coherent", "coherence")}}
+    return res, null

@@ -2,8 +2,9 @@
 
 Domains get disease categories in one of two ways:
 
-- ``keyword`` (compat, the published approach): keyword matches in the domain's GO term name.
-  This is circular when the labels themselves come from GO, which is why
+- ``keyword``: keyword matches in the domain's GO term name (not the published procedure,
+  see the end of this docstring). This is circular when the labels themselves come from GO,
+  which is why
 - ``gmt`` (recommended): an independent disease gene-set file; a domain belongs to a disease
   when its gene set overlaps the disease's genes significantly (hypergeometric, BH over all
   domain x disease tests, q < 0.05).
@@ -23,6 +24,18 @@ an association where disease status and consensus are independent given degree
 (``tests/test_nulls.py``). :func:`degree_conditioned_null` is the sound test: disease
 categories are permuted among domains of the same degree (domains as units, so shared domains
 are handled), and the number of consensus pairs with a disease end is compared with its null.
+
+``keyword`` above is *not* the published procedure. The published one (``compare --compat
+reference``: :func:`published_disease_gene_sets` and the functions after it) is bio-sae-circuits
+``src/15_phase6_predictions_and_validation.py`` step 3 (L619-946): each disease category is
+the union of the genes of every GO BP term whose name contains one of its keywords (L639-674;
+plus TRRUST TFs when given, L676-687); each domain's
+genes are the top genes of the features carrying its label in the circuit edges (L705-715);
+a domain (>= 3 genes) is enriched for a category at one-sided Fisher p < 0.05, uncorrected
+(L724-752); a domain pair is disease-associated only when both ends are enriched for the same
+category, among categories with >= 2 enriched domains (L814-888); then one-sided Fisher of
+disease vs consensus over every (source label, target label) pair of the edges, unannotated
+ends included (L871-903).
 """
 
 from __future__ import annotations
@@ -43,6 +56,27 @@ DISEASE_KEYWORDS: dict[str, tuple[str, ...]] = {
     "neurological": ("neuron", "synap", "axon", "amyloid", "neurotransmitter", "nervous system"),
     "cardiovascular": ("heart", "cardiac", "angiogenesis", "blood vessel", "vascul", "blood pressure"),
     "hematological": ("erythrocyte", "hemoglobin", "platelet", "coagulation", "hemopoiesis", "hematopoie"),
+}
+
+
+# published disease categories, verbatim (src/15_phase6_predictions_and_validation.py L639-659)
+PUBLISHED_DISEASE_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "DNA_damage_repair": ("dna repair", "dna damage", "dna integrity", "double-strand break"),
+    "cell_cycle_cancer": ("mitotic cell cycle", "cell cycle checkpoint", "cell division", "chromosome segregation",
+                          "sister chromatid"),
+    "apoptosis": ("apoptotic process", "programmed cell death", "apoptotic signaling"),
+    "immune_response": ("immune response", "inflammatory response", "interferon", "cytokine", "antigen",
+                        "toll-like receptor", "nf-kappab", "t cell activation", "b cell activation"),
+    "metabolism_cancer": ("glycolytic process", "oxidative phosphorylation", "cholesterol biosynthesis",
+                          "fatty acid metabolic"),
+    "transcription_regulation": ("regulation of transcription", "chromatin remodeling", "histone modification",
+                                 "epigenetic"),
+    "signaling_oncogenic": ("mapk cascade", "ras protein signal", "wnt signaling", "notch signaling",
+                            "hedgehog signaling", "jak-stat", "pi3k", "mtor"),
+    "protein_quality": ("unfolded protein response", "er stress", "protein folding", "ubiquitin-dependent",
+                        "proteasome", "autophagy"),
+    "angiogenesis": ("angiogenesis", "blood vessel", "vasculogenesis", "vegf"),
+    "metastasis": ("cell migration", "cell adhesion", "epithelial to mesenchymal", "extracellular matrix", "integrin"),
 }
 
 
@@ -169,3 +203,85 @@ def degree_conditioned_null(pairs: pd.DataFrame, is_consensus, categories: Mappi
                      "degree_null_p": p, "degree_null_draws": int(n_perm),
                      "degree_strata": int(strata.max() + 1) if strata.size else 0})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the published procedure (compat)
+
+
+def published_disease_gene_sets(go_sets: Mapping[str, tuple[str, frozenset[str]]], trrust_tfs=None,
+                                keywords=PUBLISHED_DISEASE_KEYWORDS) -> dict[str, frozenset[str]]:
+    """Category -> union of the genes of the GO terms whose name contains a keyword (L661-674),
+    matched on the lower-cased term name; plus ``trrust_TFs`` when TF symbols are given (L686)."""
+    out = {}
+    for cat, kws in keywords.items():
+        genes: set[str] = set()
+        for name, members in go_sets.values():
+            low = str(name).lower()
+            if any(k in low for k in kws):
+                genes |= members
+        out[cat] = frozenset(genes)
+    if trrust_tfs is not None:
+        out["trrust_TFs"] = frozenset(trrust_tfs)
+    return out
+
+
+def published_domain_enrichment(domain_genes: Mapping[str, set[str]], disease_sets: Mapping[str, frozenset[str]],
+                                unannotated: str = "unannotated") -> pd.DataFrame:
+    """Every (domain, category) test of L724-752, one row each, ``enriched`` = p < 0.05.
+
+    Background = the union of all domains' genes, unannotated ends included (L717-721); domains
+    with < 3 genes and the unannotated key are skipped; a category is tested only when it shares
+    a gene with the domain. Table [[a, b], [c, d]] with a = overlap, b = domain - disease,
+    c = disease - domain (the disease set is *not* restricted to the background), d = background
+    - |domain | disease| clipped at 0 (L737-742; the clip and the unrestricted c are published
+    flaws, kept), Fisher one-sided greater.
+    """
+    from scipy.stats import fisher_exact
+
+    n_bg = len(set().union(*domain_genes.values())) if domain_genes else 0
+    rows = []
+    for dom, genes in domain_genes.items():
+        if dom == unannotated or len(genes) < 3:
+            continue
+        for cat, dg in disease_sets.items():
+            a = len(genes & dg)
+            if a < 1:
+                continue
+            b, c = len(genes - dg), len(dg - genes)
+            d = max(n_bg - len(genes | dg), 0)
+            or_, p = fisher_exact([[a, b], [c, d]], alternative="greater")
+            rows.append({"domain": dom, "category": cat, "overlap": a, "domain_only": b, "category_only": c,
+                         "neither": d, "odds_ratio": float(or_), "p_value": float(p), "enriched": bool(p < 0.05)})
+    return pd.DataFrame(rows, columns=["domain", "category", "overlap", "domain_only", "category_only", "neither",
+                                       "odds_ratio", "p_value", "enriched"])
+
+
+def published_disease_pairs(all_pairs: set, enrichment: pd.DataFrame) -> set:
+    """Pairs with both ends enriched for the same category, among categories with >= 2 enriched
+    domains (L814-841: a category with fewer has no circuit edges, and only categories with
+    circuit edges count, L880-888)."""
+    enriched = enrichment[enrichment["enriched"]]
+    doms = {c: set(g["domain"]) for c, g in enriched.groupby("category")}
+    doms = {c: d for c, d in doms.items() if len(d) >= 2}
+    return {(s, t) for s, t in all_pairs if any(s in d and t in d for d in doms.values())}
+
+
+def published_disease_consensus(all_pairs: set, disease_pairs: set, consensus_pairs: set) -> dict:
+    """L890-905: Fisher (one-sided greater) of disease vs consensus over ``all_pairs``; OR 1, p 1
+    when a row of the table is empty."""
+    from scipy.stats import fisher_exact
+
+    non = set(all_pairs) - set(disease_pairs)
+    a = len(set(disease_pairs) & set(consensus_pairs))
+    b = len(disease_pairs) - a
+    c = len(non & set(consensus_pairs))
+    d = len(non) - c
+    if a + b > 0 and c + d > 0:
+        or_, p = fisher_exact([[a, b], [c, d]], alternative="greater")
+    else:
+        or_, p = 1.0, 1.0
+    return {"disease_in_consensus": a, "disease_not_consensus": b, "other_in_consensus": c,
+            "other_not_consensus": d, "disease_consensus_frac": round(a / (a + b), 4) if a + b else 0,
+            "nondisease_consensus_frac": round(c / (c + d), 4) if c + d else 0,
+            "odds_ratio": float(or_), "p_value": float(p)}

@@ -6,9 +6,18 @@ For a pair (A, B) the overlap of the two sets is tested with a one-sided hyperge
 against the background (all genes of all domain sets, or the GMT's genes), BH over the pairs.
 
 - ``novel`` (recommended): no significant overlap (q >= ``q_max``) and A != B;
-- ``novel_compat`` (reference): fewer than ``min_shared`` (3) shared genes and A != B.
+- ``novel_compat`` (reference): A != B and not "known", known = both domains have a gene set
+  and they share at least ``min_shared`` (3) genes (bio-sae-circuits
+  ``src/14_biological_knowledge_extraction.py`` L540-570). A pair with a domain that has no
+  gene set is therefore novel under the published rule (it can never be known).
 
-Pairs whose domains have no gene set get NaN and are never novel.
+Pairs whose domains have no gene set get NaN and are never ``novel``.
+
+With ``--compat reference`` the domain gene sets come from :func:`gene_sets_published`: the
+published matching of domains to the merged GO BP + KEGG + Reactome libraries (L505-534):
+the exact term, else the *first* term (in library and file order) whose name contains the
+domain's name or is contained in it (a substring match, so an unmatched domain can take the
+genes of a broader or narrower term).
 """
 
 from __future__ import annotations
@@ -37,6 +46,32 @@ def gene_sets_from_gmt(sets: Mapping[str, tuple[str, frozenset[str]]]) -> dict[s
     return {tid: frozenset(genes) for tid, (_, genes) in sets.items()}
 
 
+def gene_sets_published(domain_names: Mapping[str, str], libraries: Iterable[Mapping[str, tuple[str, frozenset[str]]]]
+                        ) -> dict[str, frozenset[str]]:
+    """Domain id -> genes by the published rule (L505-534).
+
+    ``libraries``: :func:`sccircuits.genesets.read_gmt` outputs in the published order (GO BP,
+    KEGG, Reactome); merged like ``dict.update`` (a repeated term id keeps its first position,
+    takes the later genes). A domain whose id is a term id gets that term; otherwise the first
+    term whose name contains the domain's name, or whose name the domain's name contains.
+    """
+    merged: dict[str, tuple[str, frozenset[str]]] = {}
+    for lib in libraries:
+        merged.update(lib)
+    terms = [(str(name), genes) for name, genes in merged.values()]
+    out = {}
+    for dom, name in domain_names.items():
+        if dom in merged:
+            out[dom] = frozenset(merged[dom][1])
+            continue
+        name = str(name)
+        for term, genes in terms:
+            if name in term or term in name:
+                out[dom] = frozenset(genes)
+                break
+    return out
+
+
 def novel_relations(pairs: pd.DataFrame, gene_sets: Mapping[str, frozenset[str]], background: int | None = None,
                     q_max: float = 0.05, min_shared: int = 3) -> pd.DataFrame:
     """``pairs`` (source_domain, target_domain, ...) with overlap statistics and novelty flags.
@@ -62,7 +97,8 @@ def novel_relations(pairs: pd.DataFrame, gene_sets: Mapping[str, frozenset[str]]
     out["q_overlap"] = bh_fdr(p)
     different = (out["source_domain"] != out["target_domain"]).to_numpy()
     out["novel"] = have & different & (out["q_overlap"].fillna(0).to_numpy() >= q_max)
-    out["novel_compat"] = have & different & (out["shared_genes"].to_numpy() < min_shared)
+    known = have & (out["shared_genes"].to_numpy() >= min_shared)
+    out["novel_compat"] = different & ~known
     return out
 
 

@@ -3,7 +3,8 @@
 Outputs of :func:`analyze` in ``RUN/analysis/``:
 
 - ``summary.json``: for the ``all`` (uncapped) and ``capped`` (published top-N) edge sets:
-  counts, effect sizes, sign balance, coherence with its null, hierarchy and novelty summaries;
+  counts, effect sizes, sign balance, coherence with its null (all edges, and without the edges
+  that carry a feature forward), hierarchy and novelty summaries;
 - ``attenuation.parquet``, ``hubs.parquet``, ``coherence_null.parquet``, ``domain_pairs.parquet``,
   ``hierarchy.parquet``, ``novel_pairs.parquet`` (tables with an ``edge_set`` column where relevant);
 - ``circuit.graphml`` (every edge, ``in_cap`` as an edge attribute) and ``domains.graphml`` (the
@@ -60,13 +61,18 @@ def domain_gene_sets(gmt: str | None, catalogs: Sequence[Mapping[int, pd.DataFra
     return nov.gene_sets_from_catalogs(tables), "union of top genes of features with the label"
 
 
-def summarize(edges: pd.DataFrame, enrichment: Mapping[int, pd.DataFrame] | None, cfg: AnalyzeConfig) -> dict:
+def summarize(edges: pd.DataFrame, enrichment: Mapping[int, pd.DataFrame] | None, cfg: AnalyzeConfig,
+              catalogs: Mapping[int, pd.DataFrame] | None = None) -> dict:
     """Per edge set: counts, effect sizes, sign balance and coherence (with null) of one condition.
 
+    ``coherence`` is over all edges (the published definition); with ``catalogs``,
+    ``coherence_without_persistence`` leaves out edges whose ends share most top genes (a
+    feature carried forward by the residual stream) and is the sound figure.
     Returns {"all": {...}, "capped": {...}, "_tables": {...}} where ``_tables`` holds the
     attenuation, hubs and coherence-null DataFrames (not JSON).
     """
     term_sets = coh.term_sets_from_enrichment(enrichment, cfg.libraries, cfg.q_max) if enrichment else None
+    top_genes = coh.top_genes_from_catalogs(catalogs) if catalogs else None
     out: dict = {}
     att, hub, nulls = [], [], []
     for es in ("all", "capped"):
@@ -76,7 +82,16 @@ def summarize(edges: pd.DataFrame, enrichment: Mapping[int, pd.DataFrame] | None
             res, null = coh.coherence_test(e, term_sets, n_perm=cfg.n_perm, seed=cfg.seed, progress=cfg.progress)
             res.update({"libraries": list(cfg.libraries), "term_q_max": cfg.q_max,
                         "null": "term sets shuffled among features of the same layer and richness stratum (floor log2 #terms)"})
-            nulls.append(pd.DataFrame({"edge_set": es, "draw": np.arange(null.size), "coherence": null}))
+            nulls.append(pd.DataFrame({"edge_set": es, "edges": "all", "draw": np.arange(null.size), "coherence": null}))
+            if top_genes is not None:
+                ctrl, cnull = coh.coherence_with_persistence_control(
+                    e, term_sets, top_genes, cfg.persistence_min_overlap, n_perm=cfg.n_perm, seed=cfg.seed,
+                    progress=cfg.progress)
+                ctrl.update({"libraries": list(cfg.libraries), "term_q_max": cfg.q_max,
+                             "null": "as 'coherence', over the edges that are not persistent"})
+                s["coherence_without_persistence"] = ctrl
+                nulls.append(pd.DataFrame({"edge_set": es, "edges": "non_persistent", "draw": np.arange(cnull.size),
+                                           "coherence": cnull}))
         else:
             res = {"coherence": None, "reason": "annotate stage not complete in this run"}
         s["coherence"] = res
@@ -99,7 +114,7 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
     outdir = run / "analysis"
     n_layers = cfg.n_layers or infer_n_layers(run, edges, catalogs)
 
-    result = summarize(edges, data["enrichment"], cfg)
+    result = summarize(edges, data["enrichment"], cfg, catalogs)
     tables = result.pop("_tables")
     pairs = cons.domain_pairs(edges)
     gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [catalogs])
@@ -146,6 +161,9 @@ def _metrics(summary: dict) -> dict:
         m[f"{es}_frac_d_negative"] = s["sign_balance"]["d_negative"]["frac"]
         m[f"{es}_coherence"] = s["coherence"].get("coherence")
         m[f"{es}_coherence_fold"] = s["coherence"].get("fold_enrichment")
+        ctrl = s.get("coherence_without_persistence") or {}
+        m[f"{es}_coherence_without_persistence"] = ctrl.get("coherence")
+        m[f"{es}_coherence_without_persistence_p"] = ctrl.get("p_value")
     return m
 
 
@@ -203,7 +221,7 @@ def _run_summary(rd: RunDir, data: dict, cfg: AnalyzeConfig) -> dict:
     """The run's own analysis when complete, else the same summary computed in memory."""
     if rd.is_complete("analyze"):
         return read_json(rd / "analysis/summary.json")
-    s = summarize(data["edges"], data["enrichment"], cfg)
+    s = summarize(data["edges"], data["enrichment"], cfg, data["catalogs"])
     s.pop("_tables")
     return s
 
@@ -224,6 +242,10 @@ def comparison_table(summaries: Mapping[str, dict], models: Mapping[str, str]) -
                 "pct_d_positive_source_suppresses_target": 100 * x["sign_balance"]["d_positive"]["frac"],
                 "coherence": c.get("coherence"), "coherence_null_mean": c.get("null_mean"),
                 "coherence_fold": c.get("fold_enrichment"), "coherence_p": c.get("p_value"),
+                **{f"coherence_without_persistence{k}": (x.get("coherence_without_persistence") or {}).get(v)
+                   for k, v in (("", "coherence"), ("_fold", "fold_enrichment"), ("_p", "p_value"))},
+                "n_edges_persistent": ((x.get("coherence_without_persistence") or {}).get("persistence") or {})
+                .get("n_edges_persistent"),
             })
     return pd.DataFrame(rows)
 
@@ -313,7 +335,8 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     else:
         cats = dis.keyword_categories(names_map)
         dtests = pd.DataFrame({"domain": list(cats), "categories": [sorted(c) for c in cats.values()]})
-        mode = "compat keyword categories from GO term names (circular when labels come from GO)"
+        mode = ("keyword categories from GO term names (circular when labels come from GO; not the published "
+                "procedure, which is compare --compat reference)")
     dtable = dis.disease_vs_consensus(union, union["consensus"], cats)
     if cfg.disease_n_perm and len(union):
         dnull = dis.degree_conditioned_null(union, union["consensus"], cats, cfg.disease_n_perm, cfg.seed,
@@ -338,6 +361,7 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
                         "note": "cleanest contrast: same model and SAE, different input cells",
                         "tests": tissue.to_dict("records")}
     result["comparison_table"] = table.to_dict("records")
+    ref_tables = _reference(data, names, groups, cfg, result) if cfg.compat == "reference" else {}
 
     atomic_write_parquet(outdir / "comparison_table.parquet", table)
     atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
@@ -348,10 +372,27 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     atomic_write_parquet(outdir / "disease.parquet", dtable)
     atomic_write_parquet(outdir / "disease_domains.parquet", dtests)
     atomic_write_parquet(outdir / "tissue.parquet", tissue)
+    for name, t in ref_tables.items():
+        atomic_write_parquet(outdir / f"{name}.parquet", t)
     atomic_write_json(outdir / "compare.json", result)
     outputs = ["compare.json", "comparison_table.parquet", "comparison_table.csv", "consensus_pairs.parquet",
                "consensus_null.parquet", "novel_pairs.parquet", "hierarchy.parquet", "disease.parquet",
-               "disease_domains.parquet", "tissue.parquet"]
+               "disease_domains.parquet", "tissue.parquet"] + [f"{n}.parquet" for n in ref_tables]
     metrics = {f"{es}_n_consensus": v.get("n_consensus") for es, v in result["consensus"].items()}
     outrd.complete_stage("compare", outputs=outputs, metrics=metrics)
     return result
+
+
+def _reference(data: dict, names: Mapping[str, RunDir], groups: dict, cfg: CompareConfig, result: dict) -> dict:
+    """``--compat reference``: the published analyses into ``result["reference"]``; returns tables."""
+    from .reference import annotation_inputs, compare_reference
+
+    files, trrust = list(cfg.compat_gene_sets), cfg.compat_trrust
+    if not files or trrust is None:
+        rec_files, rec_trrust = annotation_inputs(next(iter(names.values())))
+        files, trrust = files or rec_files, trrust if trrust is not None else rec_trrust
+    contrasts = cfg.compat_contrasts or cfg.contrasts
+    ref, tables = compare_reference(data, groups, contrasts, files, trrust, cfg.n_perm, cfg.seed,
+                                    cfg.min_shared_genes, progress=cfg.progress)
+    result["reference"] = ref
+    return tables

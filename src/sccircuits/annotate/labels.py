@@ -3,6 +3,20 @@
 One rule labels a feature in every role (source or target of an edge, any analysis): its most
 significant term of the GO BP library (q below alpha), else ``"unannotated"``. Ties are broken
 by p-value, then larger overlap, then term id, so the label never depends on row order.
+
+With ``--compat reference`` the published scripts use two rules (reproduced here):
+
+- as an edge **target**, the GO BP term with the lowest adjusted p (bio-sae-circuits
+  ``src/14_biological_knowledge_extraction.py`` L120-129: strict ``<`` over the annotation list,
+  so ties go to the term listed first, i.e. first in the GMT file): :func:`label_features` with
+  a ``term_order`` column;
+- as an edge **source**, the *first* entry of the feature's annotation list that is a GO BP,
+  KEGG or Reactome term (``src/13_causal_circuit_tracing.py`` L171-175), whatever its p. The
+  list (bio-sae ``src/04_annotate_features.py`` L243-345) holds the significant tests in test
+  order: GO BP terms in file order, then KEGG, then Reactome. So the source label is the first
+  significant GO BP term of the file, else the first KEGG term, else the first Reactome term:
+  :func:`first_listed_labels`. Its rows go to the catalog as ``source_label_id`` /
+  ``source_label_name`` and the tracer labels edge sources with them.
 """
 
 from __future__ import annotations
@@ -50,16 +64,42 @@ def label_features(enrichment: pd.DataFrame, n_features: int, label_library: str
     ok = (enrichment["library"] == label_library).to_numpy() & ((q <= alpha) if inclusive else (q < alpha))
     if "kind" in enrichment:
         ok &= (enrichment["kind"] == "gene_set").to_numpy()
-    cand = enrichment.loc[ok, ["feature", "term_id", "term_name", "q_value", "p_value", "overlap"]]
+    order = "term_order" in enrichment  # compat: ties go to the term listed first (published)
+    cand = enrichment.loc[ok, ["feature", "term_id", "term_name", "q_value", "p_value", "overlap"]
+                          + (["term_order"] if order else [])]
     if cand.empty:
         return out
-    cand = cand.assign(neg_overlap=-cand["overlap"]).sort_values(
-        ["feature", "q_value", "p_value", "neg_overlap", "term_id"], kind="mergesort")
+    keys = ["feature", "q_value", "term_order"] if order else ["feature", "q_value", "p_value", "neg_overlap", "term_id"]
+    cand = cand.assign(neg_overlap=-cand["overlap"]).sort_values(keys, kind="mergesort")
     best = cand.drop_duplicates("feature", keep="first")
     idx = best["feature"].to_numpy(dtype=np.int64)
     out.loc[idx, "label_id"] = best["term_id"].to_numpy()
     out.loc[idx, "label_name"] = best["term_name"].to_numpy()
     out.loc[idx, "label_q"] = best["q_value"].to_numpy(dtype=np.float64)
+    return out
+
+
+def first_listed_labels(enrichment: pd.DataFrame, n_features: int, libraries: Sequence[str],
+                        alpha: float = 0.05) -> pd.DataFrame:
+    """Published source-label rule: the first significant (q <= alpha) term of ``libraries`` taken
+    in that order (GO BP, KEGG, Reactome), each in file order (``term_order``), else unannotated.
+
+    Returns columns feature, source_label_id, source_label_name, one row per feature.
+    """
+    out = pd.DataFrame({"feature": np.arange(n_features, dtype=np.int64), "source_label_id": None,
+                        "source_label_name": UNANNOTATED})
+    if enrichment.empty:
+        return out
+    rank = {lib: i for i, lib in enumerate(libraries)}
+    lib_rank = enrichment["library"].map(rank)
+    ok = lib_rank.notna().to_numpy() & (enrichment["q_value"].to_numpy(dtype=np.float64) <= alpha)
+    cand = enrichment.loc[ok, ["feature", "term_id", "term_name", "term_order"]].assign(lib_rank=lib_rank[ok])
+    if cand.empty:
+        return out
+    best = cand.sort_values(["feature", "lib_rank", "term_order"], kind="mergesort").drop_duplicates("feature")
+    idx = best["feature"].to_numpy(dtype=np.int64)
+    out.loc[idx, "source_label_id"] = best["term_id"].to_numpy()
+    out.loc[idx, "source_label_name"] = best["term_name"].to_numpy()
     return out
 
 

@@ -27,7 +27,7 @@ from ..genesets import GeneSets, library_name, read_gmt, read_pairs
 from ..rundir import RunDir, atomic_write_parquet, file_fingerprint
 from . import enrich, network
 from .catalog import CatalogAccumulator, catalog_table
-from .labels import annotation_summary, find_label_library, label_features, select_from_catalog
+from .labels import annotation_summary, find_label_library, first_listed_labels, label_features, select_from_catalog
 
 STAGE = "annotate"
 OUT_DIR = "annotation"
@@ -166,10 +166,14 @@ def annotate_layer(catalog: pd.DataFrame, libraries: Mapping[str, GeneSets],
                                     "q_value": np.float64, "significant": bool})
 
     n = len(catalog)
-    labels = label_features(enrichment, n, label_library, cfg.alpha, inclusive=compat)
+    # compat: gene_sets still has term_order (file order), which the published label rules need
+    labels = label_features(gene_sets if compat else enrichment, n, label_library, cfg.alpha, inclusive=compat)
+    if compat:
+        order = [label_library] + [name for name in libraries if name != label_library]
+        labels = labels.merge(first_listed_labels(gene_sets, n, order, cfg.alpha), on="feature")
     summary = annotation_summary(enrichment, n)
-    out = catalog.drop(columns=[c for c in ("label_id", "label_name", "label_q", "n_annotations",
-                                            "n_libraries", "min_q", "richness") if c in catalog])
+    out = catalog.drop(columns=[c for c in ("label_id", "label_name", "label_q", "source_label_id", "source_label_name",
+                                            "n_annotations", "n_libraries", "min_q", "richness") if c in catalog])
     out = out.merge(labels, on="feature", how="left").merge(summary, on="feature", how="left")
     return out, enrichment
 
@@ -190,7 +194,7 @@ def _named(t: dict[str, np.ndarray], tested: np.ndarray, lib: enrich.Library, cf
         "feature": tested[t["row"][keep]].astype(np.int64), "library": lib.name,
         "term_id": lib.term_ids[terms], "term_name": lib.term_names[terms],
         **{c: t[c][keep] for c in ("overlap", "set_size", "term_size", "background_size", "p_value", "q_value")},
-        "kind": "gene_set", "significant": significant[keep]})
+        "kind": "gene_set", "significant": significant[keep], "term_order": terms.astype(np.int64)})
 
 
 def _network_rows(name, pairs, S, sizes, tested, index, universe, sets, cfg, compat, progress) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from ..rundir import RunDir, read_json
 from .celltypes import cell_type_activity
 
 UNANNOTATED = "unannotated"
+EDGE_SET_COLUMN = "edge"  # marks the trace's edge set where edges.parquet holds more rows (older tables: every row)
 
 
 @dataclass
@@ -49,7 +50,8 @@ class AtlasConfig:
                                         "features, then the most frequent ones")
     top_genes: int = option(20, "top genes shown per feature")
     max_terms: int = option(10, "enriched terms shown per feature (lowest q first)")
-    capped: bool = option(False, "embed only the published top-N-capped edges (in_cap)")
+    capped: bool = option(False, "embed only the published top-N-capped edges (in_cap) instead of the trace's "
+                                 "edge set")
     cell_type_column: str | None = option(None, "obs column of the run's .h5ad with cell types (default: the "
                                                 "first of cell_type, celltype, cell_types, bulk_labels, "
                                                 "cell_ontology_class, annotation; '' turns it off)")
@@ -99,6 +101,13 @@ class RunTables:
 
 
 # -- small helpers ---------------------------------------------------------------------------
+def edge_set(edges: pd.DataFrame, capped: bool) -> pd.DataFrame:
+    """The edges to show: the published cap (``in_cap``) with ``capped``, else the trace's edge set
+    (column ``edge`` where the table has it, every row otherwise)."""
+    col = "in_cap" if capped else EDGE_SET_COLUMN
+    return edges[edges[col].fillna(False).astype(bool)] if col in edges else edges
+
+
 def _num(x: np.ndarray, digits: int) -> list:
     """Rounded floats for JSON, NaN/inf as None."""
     x = np.asarray(x, dtype=np.float64)
@@ -164,8 +173,7 @@ def atlas_data(tables: list[RunTables], cfg: AtlasConfig, compare_dir: Path | No
     for ri, t in enumerate(tables):
         if t.edges is None or not len(t.edges):
             continue
-        e = t.edges[t.edges["in_cap"]] if cfg.capped else t.edges
-        parts.append(e.assign(run=ri))
+        parts.append(edge_set(t.edges, cfg.capped).assign(run=ri))
     edges = pd.concat(parts, ignore_index=True) if parts else None
     n_edges_total = 0 if edges is None else len(edges)
     if edges is not None:
@@ -193,7 +201,7 @@ def atlas_data(tables: list[RunTables], cfg: AtlasConfig, compare_dir: Path | No
         ct = cell_types[ri]
         runs.append({
             "name": t.name, "path": str(t.path), "model": t.model,
-            "n_edges": 0 if t.edges is None else int(len(t.edges[t.edges["in_cap"]] if cfg.capped else t.edges)),
+            "n_edges": 0 if t.edges is None else int(len(edge_set(t.edges, cfg.capped))),
             "n_catalog_features": int(sum(len(c) for c in t.catalogs.values())),
             "sae": {} if t.sae is None else {int(r["layer"]): {k: v for k, v in r.items() if k != "layer"}
                                             for r in t.sae.to_dict("records")},

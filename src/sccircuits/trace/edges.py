@@ -89,12 +89,17 @@ def _passes(st: dict[str, np.ndarray], q: np.ndarray, th: Thresholds) -> np.ndar
     return ok
 
 
-def _label_maps(catalogs: dict[int, pd.DataFrame] | None) -> dict[int, tuple[dict, dict]]:
+def _label_maps(catalogs: dict[int, pd.DataFrame] | None, prefix: str = "label") -> dict[int, tuple[dict, dict]]:
+    """Per layer (feature -> label name, feature -> label id) from the catalog columns
+    ``{prefix}_name`` / ``{prefix}_id``, else ``label_name`` / ``label_id``. Sources use prefix
+    ``source_label``: catalogs annotated with ``--compat reference`` carry the published
+    source-label rule there (:func:`sccircuits.annotate.labels.first_listed_labels`)."""
     out = {}
     for layer, cat in (catalogs or {}).items():
         feats = cat["feature"].to_numpy()
-        name = cat["label_name"] if "label_name" in cat else pd.Series(["unannotated"] * len(cat))
-        lid = cat["label_id"] if "label_id" in cat else pd.Series([""] * len(cat))
+        p = prefix if f"{prefix}_name" in cat else "label"
+        name = cat[f"{p}_name"] if f"{p}_name" in cat else pd.Series(["unannotated"] * len(cat))
+        lid = cat[f"{p}_id"] if f"{p}_id" in cat else pd.Series([""] * len(cat))
         out[int(layer)] = (dict(zip(feats.tolist(), name.fillna("unannotated").astype(str))),
                            dict(zip(feats.tolist(), lid.fillna("").astype(str))))
     return out
@@ -141,7 +146,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
         off += size
     null = null_floor(acc, th)
     floor = {(r.source_layer, r.target_layer): r.abs_d_q99 for r in null.itertuples()}
-    maps = _label_maps(catalogs)
+    maps, src_maps = _label_maps(catalogs), _label_maps(catalogs, "source_label")
 
     edge_parts, feat_rows = [], []
     for k in keys:
@@ -158,7 +163,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
         seg_start = np.repeat(starts, np.diff(np.r_[starts, len(order)])) if len(order) else np.zeros(0, np.int64)
         rank[order] = np.arange(len(order)) - seg_start
         in_cap = rank < th.top_per_layer if th.top_per_layer > 0 else np.ones(len(rank), bool)
-        src_names, src_ids = _labels(maps, s, feats[slot])
+        src_names, src_ids = _labels(src_maps, s, feats[slot])
         tgt_names, tgt_ids = _labels(maps, t, g)
         fl = floor.get((s, t), np.nan)
         edge_parts.append(pd.DataFrame({
@@ -170,7 +175,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
             "consistency": st["consistency"][slot, g], "consistency_nonzero": st["consistency_nonzero"][slot, g],
             "p_value": st["p"][slot, g], "q_value": q[slot, g], "in_cap": in_cap,
             "above_noise_floor": np.abs(d) > fl if np.isfinite(fl) else np.zeros(len(d), bool)}))
-        names, ids = _labels(maps, s, feats)
+        names, ids = _labels(src_maps, s, feats)
         n_edges = np.bincount(slot, minlength=len(feats))
         n_cap = np.bincount(slot[in_cap], minlength=len(feats))
         abs_sum = np.bincount(slot, weights=np.abs(d), minlength=len(feats))

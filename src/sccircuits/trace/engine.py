@@ -19,6 +19,12 @@ How it computes it, without changing the result:
 * ablated states are encoded only at the positions that are averaged; per-row means are
   scatter-adds (no Python loop over positions).
 
+"Fires" means z > 0 by default. With ``support_active`` (``--compat reference``) it means "in
+the SAE's top-k support", as in the published tracer, even where the ReLU'd value is 0: such a
+position adds nothing to the ablation but counts as active (the cell is observed, the position
+enters the mean), and a cell whose only active positions have z = 0 gets an exact zero
+observation (the published ablated pass equals its clean pass there).
+
 Optionally each ablation has a *null* twin: the same per-position norm in a random direction
 (fixed per source feature, seeded), whose statistics give the noise floor.
 """
@@ -44,6 +50,7 @@ class TracePlan:
     null_seed: int = 0
     batch_size: int = 16
     encode_chunk: int = 8192
+    support_active: bool = False
 
     def layers_needed(self) -> list[int]:
         return sorted(set(self.features) | {t for ts in self.targets.values() for t in ts})
@@ -120,6 +127,16 @@ class AblationEngine:
         parts = [self._encode(layer, x[i:i + chunk])[:, cols] for i in range(0, len(x), chunk)]
         return torch.cat(parts) if parts else x.new_zeros((0, len(cols)), dtype=torch.float32)
 
+    def _support_columns(self, layer: int, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(n, len(cols)) bool: is each column in the top-k support of the SAE code of x."""
+        sae, chunk = self.saes[layer], self.plan.encode_chunk
+        parts = []
+        for i in range(0, len(x), chunk):
+            _, idx = sae.encode_topk(x[i:i + chunk].to(torch.float32))
+            support = torch.zeros(len(idx), int(sae.d_sae), dtype=torch.bool, device=idx.device)
+            parts.append(support.scatter_(1, idx, True)[:, cols])
+        return torch.cat(parts) if parts else torch.zeros(0, len(cols), dtype=torch.bool, device=x.device)
+
     # -- one block of cells ---------------------------------------------------------------
     @torch.inference_mode()
     def run_cells(self, cells: TokenizedCells, idx: list[int], progress=None) -> Accumulators:
@@ -146,14 +163,19 @@ class AblationEngine:
         gm = batch.gene_mask.to(dev)
         B, L = gm.shape
 
-        # source codes of the traced features at gene positions: (B, L, F_s)
-        zsel = {}
+        # source codes of the traced features at gene positions: (B, L, F_s), and where they fire
+        zsel, fires = {}, {}
         for s, feats in plan.features.items():
             cols = torch.as_tensor(feats, dtype=torch.long, device=dev)
             z = torch.zeros(B, L, len(feats), dtype=torch.float32, device=dev)
             z[gm] = self._encode_columns(s, clean[s][gm], cols)
             zsel[s] = z
-            acc.active[s] += (z > 0).any(1).sum(0).cpu().numpy().astype(np.int64)
+            if plan.support_active:
+                fires[s] = torch.zeros(B, L, len(feats), dtype=torch.bool, device=dev)
+                fires[s][gm] = self._support_columns(s, clean[s][gm], cols)
+            else:
+                fires[s] = z > 0
+            acc.active[s] += fires[s].any(1).sum(0).cpu().numpy().astype(np.int64)
 
         # clean downstream codes, once per cell, only where some traced source feature fires
         codes, pos_index = {}, {}
@@ -161,19 +183,19 @@ class AblationEngine:
             need = torch.zeros(B, L, dtype=torch.bool, device=dev)
             for s, ts in plan.targets.items():
                 if t in ts:
-                    need |= (zsel[s] > 0).any(-1)
+                    need |= fires[s].any(-1)
             index = torch.full((B, L), -1, dtype=torch.long, device=dev)
             index[need] = torch.arange(int(need.sum()), device=dev)
             codes[t] = _SparseCodes(self._encode(t, clean[t][need]))
             pos_index[t] = index
 
         for s in sorted(plan.features):
-            self._ablate_layer(s, batch, clean[s], zsel[s], codes, pos_index, acc)
+            self._ablate_layer(s, batch, clean[s], zsel[s], fires[s], codes, pos_index, acc)
 
-    def _ablate_layer(self, s: int, batch: TokenBatch, h_s: torch.Tensor, zs: torch.Tensor,
+    def _ablate_layer(self, s: int, batch: TokenBatch, h_s: torch.Tensor, zs: torch.Tensor, fs: torch.Tensor,
                       codes: dict, pos_index: dict, acc: Accumulators) -> None:
         plan = self.plan
-        rows, slots = torch.nonzero((zs > 0).any(1), as_tuple=True)  # jobs in (row, slot) order
+        rows, slots = torch.nonzero(fs.any(1), as_tuple=True)  # jobs in (row, slot) order
         kinds = plan.kinds()
         jobs = [(kind, rows, slots) for kind in kinds]
         n_jobs = len(rows)
@@ -203,13 +225,15 @@ class AblationEngine:
                                        layers=plan.targets[s])
             acc.counters["ablation_forward_passes"] = acc.counters.get("ablation_forward_passes", 0) + 1
             acc.counters["ablated_sequences"] = acc.counters.get("ablated_sequences", 0) + len(r)
-            fired = zf > 0
+            fired = fs[r, :Lc, sl]
             job_of, pos = torch.nonzero(fired, as_tuple=True)
             counts = fired.sum(1).to(torch.float64)
+            unchanged = ~(zf != 0).any(1)  # support-only jobs: nothing ablated, exact zero observation
             for t in plan.targets[s]:
                 sums = self._mean_diff_sums(t, out[t][job_of, pos], pos_index[t][r[job_of], pos], job_of,
                                             codes[t], len(r))
                 mean = sums / counts[:, None]
+                mean[unchanged.to(mean.device)] = 0.0
                 for ki, kind in enumerate(kinds):
                     m = (kd == ki).to(mean.device)
                     if bool(m.any()):

@@ -154,7 +154,8 @@ def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> di
     lengths = cells.lengths()
     order = np.argsort(-lengths, kind="stable")
     pick = sorted({int(order[int(round(q * (len(order) - 1)))]) for q in np.linspace(0, 1, max(1, min(n_cells, len(cells))))})
-    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk)
+    plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size, cfg.encode_chunk,
+                     support_active=cfg.compat == "reference")
     engine = AblationEngine(setup.adapter, setup.saes, plan)
     engine.run_cells(cells, pick[:1])  # warm-up (allocations, kernels)
 
@@ -472,7 +473,7 @@ def dtype_agreement(run=None, *, model=None, data=None, saes=None, annotation=No
     setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation,
                           out=None if run is not None else ".", config=cfg32, progress=progress)
     plan = TracePlan(setup.features, setup.targets, cfg32.null_ablation, cfg32.null_seed, cfg32.batch_size,
-                     cfg32.encode_chunk)
+                     cfg32.encode_chunk, support_active=cfg32.compat == "reference")
     idx = list(range(len(setup.cells)))
     accs, seconds = {}, {}
     for name in ("float32", dtype):

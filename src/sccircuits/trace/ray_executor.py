@@ -296,7 +296,8 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
         Actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus, max_restarts=0)(TraceWorker)
         cells_ref = ray.put(pack_cells(setup.cells))
         plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
-                "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk}
+                "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
+                "support_active": cfg.compat == "reference"}
         new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
                                          dict(plan), cells_ref, setup.targets, opts.crash_once)
         n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))

@@ -223,6 +223,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict) -> st
            "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(), "inputs": inputs,
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed")}}
+    if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
+        key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -386,7 +388,7 @@ def _trace_blocks(setup: TraceSetup, t_start: float, progress: bool) -> TraceRes
 
     cells, fp = setup.cells, setup.fingerprint
     plan = TracePlan(setup.features, setup.targets, cfg.null_ablation, cfg.null_seed, cfg.batch_size,
-                     cfg.encode_chunk)
+                     cfg.encode_chunk, support_active=cfg.compat == "reference")
     engine = AblationEngine(setup.adapter, setup.saes, plan)
     i, n = cfg.shard_index, cfg.n_shards
     torch.manual_seed(0)

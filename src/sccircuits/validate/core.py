@@ -15,9 +15,22 @@ Steps (:func:`validate`):
    for the consensus / novel subsets when the predictions carry those flags:
    directional accuracy (sign(mean d) == sign(LFC), pairs with |LFC| >= ``min_abs_lfc``; see
    :mod:`.metrics` for why the predicted sign of LFC is sign(d)), sign-bias baseline, excess,
-   cluster-bootstrap CIs over knocked-down genes, Spearman(|mean d|, |LFC|), and per
-   knocked-down gene a one-sided Fisher test of responsive genes (|LFC| > ``responsive_lfc``)
-   among its predicted targets against the background, with BH over genes.
+   the within-knockdown and within-target permutation baselines (what target identity adds
+   beyond each knockdown's overall direction, and beyond each target's usual direction) with
+   permutation p, two-way (knockdown x target) bootstrap CIs, Spearman(|mean d|, |LFC|), and
+   per knocked-down gene a one-sided Fisher test of responsive genes (|LFC| >
+   ``responsive_lfc``) among its predicted targets against the background, stratified by the
+   genes' control expression (``expression_bins`` quantile bins), with BH over genes.
+   ``naive_binomial_p_vs_half`` and ``naive_spearman_p`` treat every pair as independent (they
+   are not: pairs share knockdowns and targets) and are kept only for comparison with the paper.
+
+``compat="reference"`` follows the published script (bio-sae-circuits
+``src/15_phase6_predictions_and_validation.py``): no per-cell normalisation and LFC =
+log2(mean_kd + 1) - log2(mean_ctrl + 1) (L362-397), knockdowns with >= 5 cells (L386), the
+published prediction rules (:mod:`.predictions`), and the per-knockdown Fisher test counted
+the published way: only knockdowns with >= 3 predicted targets are tested (L513) and one is
+enriched at uncorrected p < 0.05 (L546); the median odds ratio is over finite sample odds
+ratios (L547-548). Those counts go in ``n_knockdowns_tested`` / ``n_knockdowns_enriched``.
 
 Outputs in ``OUT/validation/`` (``OUT`` = the run, or ``out``): predictions.parquet,
 knockdowns.parquet, pairs.parquet, enrichment.parquet, summary.parquet, summary.json; manifest
@@ -34,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option
 from ..errors import InputError
 from ..rundir import RunDir, atomic_write_json, atomic_write_parquet
 from . import metrics
@@ -54,25 +67,35 @@ class ValidateConfig:
                                                 "if present, else one line)")
     gene_column: str | None = option(None, "var column with gene symbols (default: gene_name etc. when "
                                            "var_names are Ensembl ids)")
-    min_cells: int = option(20, "minimum cells per knockdown (and per control group) in a cell line")
-    normalize: bool = option(True, "library-size normalise each cell (scale / full row total)")
+    min_cells: int | None = compat_option(20, 5, "minimum cells per knockdown (and per control group) in a cell line")
+    normalize: bool | None = compat_option(True, False, "library-size normalise each cell (scale / full row total)")
     scale: float = option(1e4, "normalised counts per cell (1e4 = CP10k)")
-    pseudocount: float = option(0.1, "pseudocount added to both means before log2 (normalised units)")
-    efficacy_filter: bool = option(False, "use only knockdowns whose own gene drops by min_knockdown")
+    pseudocount: float | None = compat_option(0.1, 1.0, "pseudocount added to both means before log2 (normalised units)")
+    efficacy_filter: bool | None = compat_option(False, False, "use only knockdowns whose own gene drops by min_knockdown")
     min_knockdown: float = option(0.3, "required fractional drop of the knocked-down gene (0.3 = 30%)")
-    min_abs_lfc: float = option(0.01, "pairs with |LFC| below this are not scored for direction")
-    responsive_lfc: float = option(0.5, "|LFC| above this makes a gene responsive (Fisher test)")
-    background: str = option("screen", "Fisher background: 'screen' (all measured genes) or "
-                                       "'predicted' (measured genes predicted as a target of any source)")
+    min_abs_lfc: float | None = compat_option(0.01, 0.01, "pairs with |LFC| below this are not scored for direction")
+    responsive_lfc: float | None = compat_option(0.5, 0.5, "|LFC| above this makes a gene responsive (Fisher test)")
+    background: str | None = compat_option("screen", "screen", "Fisher background: 'screen' (all measured genes) or "
+                                                               "'predicted' (measured genes predicted as a target of any source)")
     fdr: float = option(0.05, "BH q threshold for counting enriched knockdowns")
-    n_boot: int = option(1000, "cluster-bootstrap draws (clusters = knocked-down genes)")
+    expression_bins: int | None = compat_option(10, 1, "Fisher test stratified by control expression in this many "
+                                                       "quantile bins of the background genes (1: unstratified Fisher)")
+    n_perm: int = option(1000, "draws of the within-knockdown and within-target permutation baselines")
+    n_boot: int = option(1000, "two-way bootstrap draws (knocked-down genes x target genes resampled)")
     seed: int = option(0, "bootstrap seed")
     chunk_size: int = option(5000, "cells per read chunk (dense X also capped at ~64 MB per chunk)")
     predict: PredictConfig = option(factory=PredictConfig, help="gene-level prediction options")
+    compat: str = option("none", "'reference': the published LFC, filters, predictions and per-knockdown Fisher "
+                                 "counting (docs/compat.md)")
 
     def __post_init__(self) -> None:
         if isinstance(self.predict, dict):
             self.predict = PredictConfig(**self.predict)
+        apply_compat(self)  # published L362-397 (LFC), L386 (>= 5 cells), L446, L503
+        if self.compat == "reference" and self.predict.compat != "reference":  # one compat per stage
+            self.predict = _with_compat(self.predict)
+        check(self.predict.compat == self.compat, f"predict compat {self.predict.compat!r} differs from the "
+                                                  f"validate compat {self.compat!r}: set compat on ValidateConfig")
         check(self.min_cells >= 1, "min_cells must be >= 1")
         check(self.scale > 0, "scale must be > 0")
         check(self.pseudocount > 0, "pseudocount must be > 0 (log of zero means otherwise)")
@@ -80,8 +103,20 @@ class ValidateConfig:
         check(self.min_abs_lfc >= 0 and self.responsive_lfc >= 0, "LFC thresholds must be >= 0")
         check(self.background in ("screen", "predicted"), "background must be 'screen' or 'predicted'")
         check(0 < self.fdr < 1, "fdr must be in (0, 1)")
+        check(self.expression_bins >= 1, "expression_bins must be >= 1")
+        check(self.n_perm >= 1, "n_perm must be >= 1")
         check(self.n_boot >= 1, "n_boot must be >= 1")
         check(self.chunk_size >= 1, "chunk_size must be >= 1")
+
+
+def _with_compat(cfg: PredictConfig) -> PredictConfig:
+    """``cfg`` under ``compat="reference"``: compat-dependent fields still at their own default
+    are left to the published value (a value the user changed still contradicts it)."""
+    data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if "compat" in f.metadata and data[f.name] == f.metadata["compat"][0]:
+            data[f.name] = None
+    return PredictConfig(**{**data, "compat": "reference"})
 
 
 @dataclasses.dataclass
@@ -101,10 +136,12 @@ class ValidationResult:
 
 
 def fold_changes(screen: Screen, pred: pd.DataFrame, cfg: ValidateConfig, progress: bool = True):
-    """Pseudo-bulk the screen -> (lfc per line, knockdowns table, genes, background, n empty cells).
+    """Pseudo-bulk the screen -> (lfc per line, knockdowns table, genes, background, n empty cells,
+    control means per line).
 
     ``lfc`` maps cell line -> (knockdown symbols, LFC matrix knockdowns x genes) for the
-    knockdowns that pass min_cells (and the efficacy filter when on).
+    knockdowns that pass min_cells (and the efficacy filter when on); ``control`` maps the same
+    lines to the control cells' mean normalised expression of every gene.
     """
     symbols = screen.symbols
     first = ~pd.Index(symbols).duplicated(keep="first")  # duplicated symbols: first column wins
@@ -131,7 +168,7 @@ def fold_changes(screen: Screen, pred: pd.DataFrame, cfg: ValidateConfig, progre
                     normalize=cfg.normalize, progress=progress)
     genes = pd.Index(pb.genes)
     background = genes.isin(tgt_measured) if cfg.background == "predicted" else np.ones(len(genes), bool)
-    rows, lfc = [], {}
+    rows, lfc, control = [], {}, {}
     max_self = np.log2(1.0 - cfg.min_knockdown)
     for line in screen.lines:
         g = pb.groups[pb.groups["cell_line"] == line]
@@ -157,12 +194,13 @@ def fold_changes(screen: Screen, pred: pd.DataFrame, cfg: ValidateConfig, progre
                                   "excluded_because": reason}))
         if used.any():
             lfc[line] = (kds["target"].to_numpy()[used], mat[used])
+            control[line] = pb.means[ctrl.index[0]]
     knockdowns = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     if not lfc:
         raise InputError(screen.path, f"no knockdown of a predicted gene passes the filters in any cell line "
                                       f"(min cells {cfg.min_cells}"
                                       f"{', efficacy filter on' if cfg.efficacy_filter else ''})")
-    return lfc, knockdowns, genes, background, pb.n_empty_cells
+    return lfc, knockdowns, genes, background, pb.n_empty_cells, control
 
 
 def _few(labels, n: int = 5) -> str:
@@ -193,9 +231,47 @@ def pair_table(pred: pd.DataFrame, lfc: dict, genes: pd.Index) -> pd.DataFrame:
     return pairs
 
 
+def expression_strata(control_mean, universe: np.ndarray, n_bins: int) -> np.ndarray:
+    """Quantile bin (0..n_bins-1) of each gene's control expression among the ``universe`` genes
+    (tied expression, e.g. zeros, shares a bin; genes outside the universe get bin 0)."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(control_mean, dtype=np.float64)
+    bins = np.zeros(x.size, dtype=np.int64)
+    u = np.flatnonzero(universe)
+    if u.size:
+        ranks = rankdata(x[u], method="average")  # 1..n
+        bins[u] = np.minimum(((ranks - 0.5) / u.size * n_bins).astype(np.int64), n_bins - 1)
+    return bins
+
+
+def stratified_fisher(predicted: np.ndarray, responsive: np.ndarray, universe: np.ndarray, strata: np.ndarray):
+    """Per row: 2x2 totals (a, b, c, d), Mantel-Haenszel odds ratio and the exact one-sided
+    p of predicted x responsive genes stratified by ``strata`` (one bin per gene)."""
+    onehot = np.zeros((strata.size, strata.max() + 1 if strata.size else 1))
+    onehot[np.arange(strata.size), strata] = 1.0
+    p = predicted & universe
+    r = responsive & universe
+    a = (p & r) @ onehot
+    n = p @ onehot
+    k = r @ onehot
+    N = universe @ onehot
+    b, c = n - a, k - a
+    d = N - a - b - c
+    pv = stats.stratified_hypergeom_sf(a, n, k, N)
+    return a.sum(1), b.sum(1), c.sum(1), d.sum(1), stats.mantel_haenszel_odds_ratio(a, b, c, d), pv
+
+
 def enrichment_table(pairs: pd.DataFrame, lfc: dict, genes: pd.Index, background: np.ndarray,
-                     cfg: ValidateConfig) -> pd.DataFrame:
-    """Per (cell line, knockdown): Fisher test of responsive genes among its predicted targets."""
+                     cfg: ValidateConfig, control: dict | None = None) -> pd.DataFrame:
+    """Per (cell line, knockdown): Fisher test of responsive genes among its predicted targets.
+
+    With ``control`` (cell line -> control mean expression per gene) and ``cfg.expression_bins``
+    > 1, the test is stratified by the genes' control expression (``p_value``, Mantel-Haenszel
+    ``odds_ratio``): predicted targets tend to be well-expressed genes, and how often a gene is
+    responsive depends on its expression, so an unstratified test finds enrichment from
+    expression alone (``p_value_unstratified`` keeps that test for comparison).
+    """
     out = []
     for line, (kds, mat) in lfc.items():
         p = pairs[pairs["cell_line"] == line]
@@ -208,9 +284,14 @@ def enrichment_table(pairs: pd.DataFrame, lfc: dict, genes: pd.Index, background
         a, b, c, d = metrics.fisher_tables(predicted, responsive, universe)
         has = (a + b) > 0
         pv = np.where(has, stats.hypergeom_sf(a, a + b, a + c, a + b + c + d), np.nan)
+        odds = stats.odds_ratio(a, b, c, d)
+        pv_plain = pv
+        if control is not None and cfg.expression_bins > 1:
+            strata = expression_strata(control[line], background, cfg.expression_bins)
+            *_, odds, pv = stratified_fisher(predicted, responsive, universe, strata)
         out.append(pd.DataFrame({"cell_line": line, "knockdown": kds, "n_predicted": a + b,
                                  "n_predicted_responsive": a, "n_other_responsive": c, "n_other": c + d,
-                                 "odds_ratio": stats.odds_ratio(a, b, c, d), "p_value": pv})[has])
+                                 "odds_ratio": odds, "p_value": pv, "p_value_unstratified": pv_plain})[has])
     enr = pd.concat(out, ignore_index=True)
     enr["q_value"] = np.nan
     for line in enr["cell_line"].unique():
@@ -220,22 +301,44 @@ def enrichment_table(pairs: pd.DataFrame, lfc: dict, genes: pd.Index, background
 
 
 def summarise(pairs: pd.DataFrame, enr: pd.DataFrame, subset: str, line: str, cfg: ValidateConfig) -> dict:
-    """One summary row: accuracy vs baseline with CIs, Spearman, Fisher counts."""
+    """One summary row: accuracy vs the sign-bias, within-knockdown and within-target baselines
+    with two-way bootstrap CIs, Spearman, Fisher counts (naive p-values labelled as such)."""
     scored = pairs[(pairs["lfc"].abs() >= cfg.min_abs_lfc) & (pairs["mean_d"] != 0)]
-    acc = metrics.directional_accuracy(scored["mean_d"], scored["lfc"], scored["source"],
-                                       n_boot=cfg.n_boot, seed=cfg.seed)
+    acc = metrics.accuracy_with_nulls(scored["mean_d"], scored["lfc"], scored["source"], scored["target"],
+                                      scored["cell_line"], n_perm=cfg.n_perm, n_boot=cfg.n_boot, seed=cfg.seed)
     rho, rho_p = metrics.spearman(scored["mean_d"].abs(), scored["lfc"].abs())
     n_correct = int(round(acc.get("accuracy", 0) * acc["n_pairs"])) if acc["n_pairs"] else 0
+    perm = {f"{w}_{k}": acc[f"{w}_{k}"] for w in ("within_knockdown", "within_target") for k in ("baseline", "excess", "p")}
     return {"subset": subset, "cell_line": line, "n_pairs_measured": int(len(pairs)),
-            **{k: acc[k] for k in ("n_pairs", "n_clusters")},
+            **{k: acc[k] for k in ("n_pairs", "n_clusters", "n_targets")},
             "accuracy": acc["accuracy"], "accuracy_ci_low": acc["accuracy_ci_low"],
             "accuracy_ci_high": acc["accuracy_ci_high"], "p_pred_positive": acc["p_pred"],
             "p_obs_positive": acc["p_obs"], "baseline": acc["baseline"],
             "baseline_ci_low": acc["baseline_ci_low"], "baseline_ci_high": acc["baseline_ci_high"],
             "excess": acc["excess"], "excess_ci_low": acc["excess_ci_low"], "excess_ci_high": acc["excess_ci_high"],
-            "binomial_p_vs_half": metrics.binomial_p_half(n_correct, acc["n_pairs"]),
-            "spearman_abs_d_abs_lfc": rho, "spearman_p": rho_p,
-            "n_knockdowns_tested": int(len(enr)), "n_knockdowns_enriched": int((enr["q_value"] < cfg.fdr).sum())}
+            **perm, "within_knockdown_excess_ci_low": acc["within_knockdown_excess_ci_low"],
+            "within_knockdown_excess_ci_high": acc["within_knockdown_excess_ci_high"],
+            "naive_binomial_p_vs_half": metrics.binomial_p_half(n_correct, acc["n_pairs"]),
+            "spearman_abs_d_abs_lfc": rho, "naive_spearman_p": rho_p,
+            **knockdown_enrichment_counts(enr, cfg)}
+
+
+def knockdown_enrichment_counts(enr: pd.DataFrame, cfg: ValidateConfig) -> dict:
+    """Knockdowns tested / enriched: BH q < fdr over every knockdown with a predicted target, or
+    with compat the published rule (>= 3 predicted targets, uncorrected p < 0.05, L513 and L546)
+    plus the published median of the finite sample odds ratios (L547-548)."""
+    if cfg.compat != "reference":
+        return {"n_knockdowns_tested": int(len(enr)), "n_knockdowns_enriched": int((enr["q_value"] < cfg.fdr).sum())}
+    t = enr[enr["n_predicted"] >= 3]
+    a = t["n_predicted_responsive"].to_numpy(np.float64)
+    b = t["n_predicted"].to_numpy(np.float64) - a
+    c = t["n_other_responsive"].to_numpy(np.float64)
+    d = t["n_other"].to_numpy(np.float64) - c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sample_or = np.round((a * d) / (b * c), 4)  # published rounds each OR (L540)
+    finite = sample_or[np.isfinite(sample_or)]
+    return {"n_knockdowns_tested": int(len(t)), "n_knockdowns_enriched": int((t["p_value"] < 0.05).sum()),
+            "median_odds_ratio": float(np.median(finite)) if finite.size else 0.0}
 
 
 def subsets(pred: pd.DataFrame) -> list[str]:
@@ -275,13 +378,13 @@ def validate(runs, perturbations_path: str | os.PathLike, cfg: ValidateConfig | 
                          cfg.cell_line_column, cfg.gene_column)
     rd = RunDir(out)
     rd.begin_stage("validate", cfg, runs=[str(r) for r in runs], perturbations=str(perturbations_path))
-    lfc, knockdowns, genes, background, n_empty = fold_changes(screen, pred, cfg, progress=progress)
+    lfc, knockdowns, genes, background, n_empty, control = fold_changes(screen, pred, cfg, progress=progress)
     pairs = pair_table(pred, lfc, genes)
     lines = list(lfc) + ([POOLED] if len(lfc) > 1 else [])
     rows, enr_all = [], []
     for subset in subsets(pred):
         sub = pairs if subset == "all" else pairs[pairs[subset].astype(bool)]
-        enr = enrichment_table(sub, lfc, genes, background, cfg) if len(sub) else pd.DataFrame(
+        enr = enrichment_table(sub, lfc, genes, background, cfg, control) if len(sub) else pd.DataFrame(
             columns=["cell_line", "knockdown", "p_value", "q_value"])
         enr.insert(0, "subset", subset)
         enr_all.append(enr)
@@ -316,10 +419,10 @@ def summary_table(summary: pd.DataFrame):
     """A rich Table of the summary (for the terminal); the full numbers are in summary.parquet."""
     from rich.table import Table
 
-    t = Table(title="CRISPRi validation: directional accuracy vs sign-bias baseline [95% cluster-bootstrap CI]",
-              title_justify="left")
-    for c in ("subset", "cell line", "pairs", "KD genes", "accuracy", "baseline", "excess", "rho |d|,|LFC|",
-              "enriched KD (q<fdr)"):
+    t = Table(title="CRISPRi validation: directional accuracy vs sign-bias and within-knockdown baselines "
+                    "[95% two-way bootstrap CI, knockdowns x targets]", title_justify="left")
+    for c in ("subset", "cell line", "pairs", "KD genes", "accuracy", "baseline", "excess", "within-KD excess",
+              "within-KD p", "within-target p", "rho |d|,|LFC|", "enriched KD (q<fdr)"):
         t.add_column(c, justify="left" if c in ("subset", "cell line") else "right")
 
     def fmt(r, k, ci=True):
@@ -330,6 +433,7 @@ def summary_table(summary: pd.DataFrame):
     for _, r in summary.iterrows():
         rho = f"{r['spearman_abs_d_abs_lfc']:.3f}" if np.isfinite(r["spearman_abs_d_abs_lfc"]) else "-"
         t.add_row(r["subset"], str(r["cell_line"]), str(r["n_pairs"]), str(r["n_clusters"]), fmt(r, "accuracy"),
-                  fmt(r, "baseline", ci=False), fmt(r, "excess"), rho,
+                  fmt(r, "baseline", ci=False), fmt(r, "excess"), fmt(r, "within_knockdown_excess"),
+                  fmt(r, "within_knockdown_p", ci=False), fmt(r, "within_target_p", ci=False), rho,
                   f"{r['n_knockdowns_enriched']}/{r['n_knockdowns_tested']}")
     return t

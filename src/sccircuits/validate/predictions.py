@@ -21,6 +21,12 @@ dropped by default. Optionally each pair gets a ``status`` against user-given re
 ``confirmed`` (a TRRUST edge source -> target, or a STRING pair in either orientation),
 ``plausible`` (the two genes share a term of the GO GMT), else ``novel``.
 
+``compat="reference"`` follows the published script (bio-sae-circuits
+``src/15_phase6_predictions_and_validation.py``): the predicted sign comes from
+``mean_d = sum(weight * d) / n_edges`` (L180, L227; not the plain mean of d), rounded to 4
+decimals (L236), pairs are ranked by ``mean_abs_d = sum(weight * |d|) / n_edges`` (L179, L226,
+L247), and ``plausible`` needs at least 2 shared GO terms (L211-221).
+
 All of it is vectorised (pandas merges and groupbys on integer gene codes); edges are processed
 in chunks so that memory stays bounded for large edge tables.
 """
@@ -34,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import check, option
+from ..config import apply_compat, check, compat_option, option
 from ..errors import InputError
 from ..rundir import RunDir
 
@@ -61,8 +67,13 @@ class PredictConfig:
     auto_novel: bool = option(True, "without novel_pairs, use each run's analysis/novel_pairs.parquet "
                                     "when its analyze stage is complete")
     edge_chunk: int = option(20000, "edges per processing chunk (memory bound)")
+    min_shared_go: int | None = compat_option(1, 2, "'plausible' needs at least this many shared GO terms")
+    compat: str = option("none", "'reference': published sign sum(w*d)/n_edges, ranking, gene lists and plausible "
+                                 "rule (docs/compat.md)")
 
     def __post_init__(self) -> None:
+        apply_compat(self)
+        check(self.min_shared_go >= 1, "min_shared_go must be >= 1")
         check(self.top_genes >= 1, "top_genes must be >= 1")
         check(self.edges in ("capped", "uncapped"), "edges must be 'capped' or 'uncapped'")
         check(self.min_edges >= 1, "min_edges must be >= 1")
@@ -123,12 +134,16 @@ def annotation_run(run: str | os.PathLike) -> RunDir:
     return rd
 
 
-def read_top_genes(run: str | os.PathLike, layers, top_n: int) -> pd.DataFrame:
+def read_top_genes(run: str | os.PathLike, layers, top_n: int, annotated_only: bool = False) -> pd.DataFrame:
     """Long table (layer, feature, rank, gene) of each feature's first ``top_n`` top genes.
 
     Reads only ``feature`` and ``top_genes`` of ``layerNN_catalog.parquet`` in the annotation
     of the run (:func:`annotation_run`);
-    empty symbols are dropped and a gene repeated in one list keeps its best rank.
+    empty symbols are dropped and a gene repeated in one list keeps its best rank. With
+    ``annotated_only`` (compat) only features with at least one annotation have genes: the
+    published gene lookup is filled inside the loop over annotated features
+    (``src/14_biological_knowledge_extraction.py`` L117-132), so edges touching an
+    unannotated feature yield no gene pairs (``src/15_...`` L151-155).
     """
     rd = annotation_run(run)
     parts = []
@@ -137,9 +152,12 @@ def read_top_genes(run: str | os.PathLike, layers, top_n: int) -> pd.DataFrame:
         if not path.is_file():
             raise InputError(path, "feature catalog not found (needed for the edges of this layer)")
         try:
-            cat = pd.read_parquet(path, columns=["feature", "top_genes"])
+            cat = pd.read_parquet(path, columns=["feature", "top_genes"] + (["n_annotations"] if annotated_only else []))
         except Exception as e:  # pyarrow raises several types for missing columns / bad files
-            raise InputError(path, f"cannot read columns feature, top_genes ({type(e).__name__})") from None
+            raise InputError(path, f"cannot read columns feature, top_genes{', n_annotations' if annotated_only else ''}"
+                                   f" ({type(e).__name__})") from None
+        if annotated_only:
+            cat = cat[cat["n_annotations"].to_numpy() > 0][["feature", "top_genes"]]
         long = cat.explode("top_genes").rename(columns={"top_genes": "gene"})
         long = long[long["gene"].notna()]
         long["gene"] = long["gene"].astype(str)
@@ -223,11 +241,12 @@ def _aggregate_chunk(contrib: pd.DataFrame, d: np.ndarray, cond: np.ndarray,
     """Sums per (pair key, condition) of one chunk of contributions (mergeable by summing)."""
     e = contrib["edge"].to_numpy()
     de = d[e]
+    w = contrib["weight"].to_numpy()
     df = pd.DataFrame({"key": contrib["src"].to_numpy() * n_genes + contrib["tgt"].to_numpy(),
-                       "cond": cond[e], "n_edges": 1, "weight": contrib["weight"].to_numpy(),
-                       "weighted_abs_d": contrib["weight"].to_numpy() * np.abs(de), "sum_d": de,
-                       "max_abs_d": np.abs(de)})
-    agg = {"n_edges": "sum", "weight": "sum", "weighted_abs_d": "sum", "sum_d": "sum", "max_abs_d": "max"}
+                       "cond": cond[e], "n_edges": 1, "weight": w, "weighted_abs_d": w * np.abs(de),
+                       "sum_d": de, "weighted_d": w * de, "max_abs_d": np.abs(de)})
+    agg = {"n_edges": "sum", "weight": "sum", "weighted_abs_d": "sum", "sum_d": "sum", "weighted_d": "sum",
+           "max_abs_d": "max"}
     if cons is not None:
         df["n_consensus_edges"] = cons[e].astype(np.int64)
         agg["n_consensus_edges"] = "sum"
@@ -269,7 +288,7 @@ def predict_genes(runs: list[str | os.PathLike] | str | os.PathLike, cfg: Predic
         if novel_pairs is not None:
             e["novel"] = _flag_edges(e, novel_pairs)
         layers = set(e["source_layer"].unique()) | set(e["target_layer"].unique())
-        g = read_top_genes(run, layers, cfg.top_genes)
+        g = read_top_genes(run, layers, cfg.top_genes, annotated_only=cfg.compat == "reference")
         g["cond"] = c
         all_edges.append(e)
         all_genes.append(g)
@@ -311,7 +330,7 @@ def _finish(parts: list[pd.DataFrame], symbols, names: list[str], cfg: PredictCo
             "n_conditions", "conditions"]
     if not parts:
         return pd.DataFrame({c: [] for c in cols})
-    sums = ["n_edges", "weight", "weighted_abs_d", "sum_d"] + \
+    sums = ["n_edges", "weight", "weighted_abs_d", "sum_d", "weighted_d"] + \
         (["n_consensus_edges"] if has_cons else []) + (["n_novel_edges"] if has_novel else [])
     per_cond = pd.concat(parts, ignore_index=True)
     agg = {c: "sum" for c in sums} | {"max_abs_d": "max"}
@@ -329,7 +348,12 @@ def _finish(parts: list[pd.DataFrame], symbols, names: list[str], cfg: PredictCo
     out["n_edges"] = pairs["n_edges"].to_numpy(np.int64)
     out["weight"] = pairs["weight"].to_numpy(np.float64)
     out["weighted_abs_d"] = pairs["weighted_abs_d"].to_numpy(np.float64)
-    out["mean_d"] = pairs["sum_d"].to_numpy(np.float64) / out["n_edges"].to_numpy(np.float64)
+    n_edges = out["n_edges"].to_numpy(np.float64)
+    if cfg.compat == "reference":  # published L179-180, L226-227, L236: rank-weighted sums / n_edges
+        out["mean_d"] = np.round(pairs["weighted_d"].to_numpy(np.float64) / n_edges, 4)
+        out["mean_abs_d"] = pairs["weighted_abs_d"].to_numpy(np.float64) / n_edges
+    else:
+        out["mean_d"] = pairs["sum_d"].to_numpy(np.float64) / n_edges
     out["max_abs_d"] = pairs["max_abs_d"].to_numpy(np.float64)
     out["n_conditions"] = pairs["n_conditions"].to_numpy(np.int64)
     masks = pairs["mask"].to_numpy(np.int64)
@@ -343,8 +367,9 @@ def _finish(parts: list[pd.DataFrame], symbols, names: list[str], cfg: PredictCo
         out["n_novel_edges"] = pairs["n_novel_edges"].to_numpy(np.int64)
         out["novel"] = out["n_novel_edges"] > 0
     if cfg.string_pairs or cfg.trrust or cfg.go_gmt:
-        out = add_status(out, cfg.string_pairs, cfg.trrust, cfg.go_gmt)
-    return out.sort_values(["weighted_abs_d", "source", "target"], ascending=[False, True, True],
+        out = add_status(out, cfg.string_pairs, cfg.trrust, cfg.go_gmt, min_shared_go=cfg.min_shared_go)
+    rank = "mean_abs_d" if cfg.compat == "reference" else "weighted_abs_d"  # published L247
+    return out.sort_values([rank, "source", "target"], ascending=[False, True, True],
                            kind="mergesort").reset_index(drop=True)
 
 
@@ -357,11 +382,12 @@ def _pair_codes(index: pd.Index, a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def add_status(pred: pd.DataFrame, string_pairs: str | None = None, trrust: str | None = None,
-               go_gmt: str | None = None) -> pd.DataFrame:
+               go_gmt: str | None = None, min_shared_go: int = 1) -> pd.DataFrame:
     """Add in_string / in_trrust / shared_go_terms and ``status`` (confirmed / plausible / novel).
 
     confirmed: STRING pair (either orientation) or TRRUST edge source -> target;
-    plausible: not confirmed, but the genes share at least one GO term; novel: neither.
+    plausible: not confirmed, but the genes share at least ``min_shared_go`` GO terms (the
+    published script: 2); novel: neither.
     Columns for resources not given are left out; status uses the ones given.
     """
     from ..genesets import read_gmt, read_pairs
@@ -400,7 +426,7 @@ def add_status(pred: pd.DataFrame, string_pairs: str | None = None, trrust: str 
         inc = sp.csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=(n, max(len(sets), 1)))
         shared = np.asarray(inc[ps].multiply(inc[pt]).sum(axis=1)).ravel().astype(np.int64)
         pred["shared_go_terms"] = shared
-        plausible = shared > 0
+        plausible = shared >= min_shared_go
     pred["status"] = np.where(confirmed, "confirmed", np.where(plausible, "plausible", "novel"))
     return pred
 

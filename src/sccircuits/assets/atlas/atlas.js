@@ -285,7 +285,7 @@
     cy = cytoscape({
       container: box, elements: els, layout: { name: "preset" }, minZoom: 0.1, maxZoom: 3,
       style: [
-        { selector: "node", style: { "label": "data(label)", "text-wrap": "wrap", "font-size": 10, "text-valign": "bottom", "text-margin-y": 3,
+        { selector: "node", style: { "label": "data(label)", "text-wrap": "wrap", "font-size": 12, "text-valign": "bottom", "text-margin-y": 3,
           "width": 18, "height": 18, "background-color": "#8a8f98" } },
         { selector: "node[focus = 1]", style: { "background-color": "#e3a008", "width": 26, "height": 26, "font-weight": "bold" } },
         { selector: "edge", style: { "width": "data(w)", "curve-style": "bezier", "target-arrow-shape": "triangle", "opacity": 0.7, "line-color": "#d6453d", "target-arrow-color": "#d6453d" } },
