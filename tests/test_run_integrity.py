@@ -25,7 +25,7 @@ from sccircuits.rundir import (RunDir, RunLockedError, atomic_write_json, atomic
                                file_fingerprint, read_json)
 from sccircuits.trace import load_trace, trace
 
-OPTS = dict(features="0:5,13,28;1:3,14", n_cells=8, batch_size=4, checkpoint_every=2, null_ablation=False)
+OPTS = dict(features="0:5,13,28;1:3,14", n_cells=8, batch_size=4, checkpoint_every=2, null_ablation=False, criterion="published")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -176,7 +176,7 @@ def test_concurrent_trace_is_refused_and_ctrl_c_says_how_to_resume(inputs, tiny_
     out = tmp_path / "run"
     args = ["trace", "--model", str(tiny_geneformer), "--data", str(inputs["cells"]), "--saes", str(inputs["saes"]),
             "--out", str(out), "--features", OPTS["features"], "--n-cells", "8", "--batch-size", "4",
-            "--checkpoint-every", "2", "--no-null-ablation"]
+            "--checkpoint-every", "2", "--no-null-ablation", "--criterion", "published"]
     proc = _python(f"""
         import sys, time
         from sccircuits.trace import engine
@@ -233,7 +233,7 @@ def test_failed_second_trace_leaves_the_manifest_true(inputs, tiny_geneformer, t
 
 # ------------------------------------------------------------------------ messages
 def test_sae_folder_without_cfg_json_is_named_at_source_and_target_layers(inputs, tiny_geneformer, tmp_path):
-    common = dict(model=tiny_geneformer, data=inputs["cells"], n_cells=4, null_ablation=False, progress=False)
+    common = dict(model=tiny_geneformer, data=inputs["cells"], n_cells=4, null_ablation=False, criterion="published", progress=False)
     for layer in (2, 0):  # a target layer (was silently dropped) and a source layer
         saes = write_saes(random_saes([0, 2, 3], d_in=32, seed=1), tmp_path / f"saes{layer}")
         (saes / f"layer{layer:02d}" / "cfg.json").unlink()
@@ -311,7 +311,7 @@ def test_run_files_are_readable_and_name_no_absolute_path(inputs, tiny_geneforme
         cells = os.path.relpath(inputs["cells"])
         extract("run", model, cells, ExtractConfig(layers="0,1", dtype="float32", shard_mb=0.005), progress=False)
         train_saes("run", SAETrainConfig(layers="0,1", expansion=2, k=4, epochs=1, batch_size=256), progress=False)
-        trace("run", features="0:1,2", n_cells=4, null_ablation=False, progress=False)
+        trace("run", features="0:1,2", n_cells=4, null_ablation=False, criterion="published", progress=False)
     finally:
         os.umask(old)
     files = [p for p in Path("run").rglob("*") if p.is_file() and not p.name.startswith(".")]
@@ -325,7 +325,7 @@ def test_run_files_are_readable_and_name_no_absolute_path(inputs, tiny_geneforme
     assert read_json("run/saes/layer00/cfg.json")["model_name"] == Path(tiny_geneformer).name
     assert ActivationStore("run").n_shards > 1
     monkeypatch.chdir(tmp_path.parent)  # the recorded relative paths resolve from the run, not the cwd
-    res = trace(tmp_path / "run", features="0:1,2", n_cells=4, null_ablation=False, d_threshold=0.1,
+    res = trace(tmp_path / "run", features="0:1,2", n_cells=4, null_ablation=False, criterion="published", d_threshold=0.1,
                 progress=False)
     assert res.metrics["n_cells"] == 4
 
