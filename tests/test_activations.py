@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sccircuits.rundir import RunDir
 from sccircuits.activations import ActivationStore, ExtractConfig, extract, plan_shards, select_cells
 from sccircuits.config import parse_layers
 from sccircuits.errors import ConfigError, InputError
@@ -155,8 +156,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, h5ad, tiny_geneformer):
         extract(tmp_path / "r1", tiny_geneformer, h5ad, small_cfg(n_cells=100), progress=False)
     with pytest.raises(InputError, match="no obs column"):
         extract(tmp_path / "r2", tiny_geneformer, h5ad, small_cfg(n_cells=4, stratify_by="nope"), progress=False)
-    with pytest.raises(InputError, match="has not completed"):
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()  # a failed command leaves no empty run
+    with pytest.raises(InputError, match="no manifest.json"):
         ActivationStore(tmp_path / "r1")
+    RunDir(tmp_path / "r3").begin_stage("extract", small_cfg())
+    with pytest.raises(InputError, match="has not completed"):
+        ActivationStore(tmp_path / "r3")
 
 
 def test_cli_extract(tmp_path, h5ad, tiny_geneformer):

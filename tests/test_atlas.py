@@ -99,7 +99,7 @@ def test_atlas_data_equals_the_tables(atlas):
     run = runs[0]
     store = ActivationStore(run)
     ct = data["runs"][0]["cell_types"]
-    labels = ad.read_h5ad(store.run.stage("extract")["data_path"]).obs["cell_type"].astype(str).to_numpy()
+    labels = ad.read_h5ad(store.run.recorded_path("extract", "data_path")).obs["cell_type"].astype(str).to_numpy()
     sae = load_saes(run, layers=[1])[1]
     acts = np.concatenate([a for a, _, _ in store.iter_batches(1, 4096)])
     cells = store.cell_index()

@@ -30,15 +30,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .config import apply_compat, check, compat_option, option, parse_layers, to_dict
-from .errors import ConfigError, InputError
-from .rundir import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from .errors import InputError
+from .rundir import RunDir, atomic_write_json, content_fingerprint, portable_path, read_json, temp_path
 
 STAGE = "extract"
 ACT_DIR = "activations"
@@ -59,7 +58,8 @@ class ExtractConfig:
     batch_size: int = option(8, "cells per forward pass (cells of similar length are batched together)")
     device: str = option("cpu", "torch device of the model")
     model_dtype: str = option("float32", "dtype of the model weights during the forward pass")
-    shard_mb: float = option(256.0, "target size of one layer's shard in MiB (a whole number of batches)")
+    shard_mb: float = option(256.0, "target size of one layer's shard in MiB (a whole number of batches); "
+                                 "the unit of resume: a killed run redoes at most one shard")
     gene_column: str | None = option(None, "var column with gene ids/symbols for the tokenizer (default var_names)")
     counts_layer: str | None = option(None, "AnnData layer holding raw counts (default X)")
     max_length: int | None = option(None, "tokens per cell for the tokenizer (default: the model's / reference limit)")
@@ -146,13 +146,19 @@ def extract(run: str | os.PathLike | RunDir, model, data, cfg: ExtractConfig | N
     an existing store need ``overwrite=True``. ``on_shard_done(i)`` is called after shard ``i``
     is safely on disk (used by tests to interrupt).
     """
+    cfg = cfg or ExtractConfig()
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    with run.hold(STAGE):
+        return _extract(run, model, data, cfg, overwrite, on_shard_done, progress)
+
+
+def _extract(run: RunDir, model, data, cfg: ExtractConfig, overwrite: bool,
+             on_shard_done: Callable[[int], None] | None, progress: bool) -> "ActivationStore":
     import torch
     from tqdm.auto import tqdm
 
-    cfg = cfg or ExtractConfig()
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    adapter, model_path = _resolve_model(model, cfg)
-    adata, data_path = _resolve_data(data)
+    adapter, model_path, model_fp = _resolve_model(model, cfg)
+    adata, data_path, data_fp = _resolve_data(data)
     layers = parse_layers(cfg.layers, "layers", adapter.n_layers, allow_all=True)
 
     cells = _choose_cells(adata, cfg, data_path)
@@ -167,8 +173,9 @@ def extract(run: str | os.PathLike | RunDir, model, data, cfg: ExtractConfig | N
     rows_per_shard = max(1, int(cfg.shard_mb * 2**20) // (adapter.d_model * itemsize))
     shards = plan_shards(n_genes, batches, rows_per_shard)
 
-    plan = {"config": to_dict(cfg), "model_path": model_path, "model_kind": getattr(adapter, "kind", None),
-            "data_path": data_path, "layers": layers, "d_model": int(adapter.d_model),
+    plan = {"config": to_dict(cfg), "model_path": _recorded(model_path, run), "model_fingerprint": model_fp,
+            "model_kind": getattr(adapter, "kind", None), "data_path": _recorded(data_path, run),
+            "data_fingerprint": data_fp, "layers": layers, "d_model": int(adapter.d_model),
             "n_layers_model": int(adapter.n_layers), "n_cells": int(len(tok)),
             "n_skipped": int(getattr(tok, "n_skipped", 0)), "tokenizer_info": _jsonable(getattr(tok, "info", {})),
             "cell_rows_sha256": hashlib.sha256(orig_rows.tobytes()).hexdigest(),
@@ -176,7 +183,9 @@ def extract(run: str | os.PathLike | RunDir, model, data, cfg: ExtractConfig | N
     act = run / ACT_DIR
     if _prepare_dir(run, act, plan, overwrite):
         return ActivationStore(run)
-    run.begin_stage(STAGE, cfg, model_path=model_path, data_path=data_path)
+    run.begin_stage(STAGE, cfg, model_path=plan["model_path"], data_path=plan["data_path"],
+                    model_path_as_given=model_path, data_path_as_given=data_path,
+                    fingerprints={"model": model_fp, "data": data_fp})
 
     todo = [i for i in range(len(shards)) if not _shard_done(act, i, layers)]
     bar = tqdm(total=int(len(tok)), desc="extract (cells)", unit="cell", disable=not progress,
@@ -200,16 +209,34 @@ def _resolve_model(model, cfg: ExtractConfig):
     if isinstance(model, (str, os.PathLike)):
         from .models import load_model
 
-        return load_model(model, device=cfg.device, dtype=cfg.model_dtype), str(Path(model).resolve())
-    return model, str(getattr(model, "path", type(model).__name__))
+        adapter = load_model(model, device=cfg.device, dtype=cfg.model_dtype)
+        return adapter, str(model), content_fingerprint(model)
+    path = getattr(model, "path", None)
+    return model, str(path or type(model).__name__), None if path is None else content_fingerprint(path)
 
 
 def _resolve_data(data):
     if isinstance(data, (str, os.PathLike)):
         from .data import read_cells
 
-        return read_cells(data), str(Path(data).resolve())
-    return data, "<AnnData in memory>"
+        return read_cells(data), str(data), content_fingerprint(data)
+    return data, "<AnnData in memory>", None
+
+
+def _recorded(path: str, run: RunDir) -> str:
+    """A user path as stored in plan.json / the manifest: relative to the run directory."""
+    return portable_path(path, run.path) if Path(path).exists() else path
+
+
+_LOCATION_KEYS = ("model_path", "data_path")
+"""Where the inputs were: not part of what was extracted (their fingerprints are)."""
+
+
+def _plan_differences(old: dict, new: dict) -> list[str]:
+    keys = sorted((set(old) | set(new)) - set(_LOCATION_KEYS))
+    out = [k for k in keys if old.get(k) != new.get(k) and k != "config"]
+    oc, nc = old.get("config") or {}, new.get("config") or {}
+    return [f"option {k}" for k in sorted(set(oc) | set(nc)) if oc.get(k) != nc.get(k)] + out
 
 
 def _choose_cells(adata, cfg: ExtractConfig, data_path: str) -> np.ndarray:
@@ -247,12 +274,18 @@ def _prepare_dir(run: RunDir, act: Path, plan: dict, overwrite: bool) -> bool:
     """Create/validate ``act`` for ``plan``. True when an identical finished store exists."""
     plan_file = act / "plan.json"
     if plan_file.is_file():
-        same = read_json(plan_file) == _jsonable(plan)
+        old = read_json(plan_file)
+        diff = _plan_differences(old, _jsonable(plan))
+        same = not diff
         if same and run.is_complete(STAGE) and (act / "store.json").is_file():
+            if old != _jsonable(plan):  # inputs moved, same content: record where they are now
+                atomic_write_json(plan_file, plan)
             return True
         if not same:
             if not overwrite:
-                raise InputError(act, "holds activations extracted with different options or cells; "
+                changed = [{"model_fingerprint": "the model files changed since",
+                            "data_fingerprint": "the data file changed since"}.get(k, k) for k in diff]
+                raise InputError(act, f"holds activations extracted from other inputs or options ({'; '.join(changed)}); "
                                       "pass --overwrite to replace them (or use another --out run)")
             shutil.rmtree(act)
         else:  # same plan, unfinished: resume (drop stale temporaries)
@@ -276,15 +309,8 @@ def _shard_done(act: Path, i: int, layers: list[int]) -> bool:
     return all(f.is_file() for f in files)
 
 
-def _tmp_path(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def _save_npy(final: Path, arr: np.ndarray) -> None:
-    tmp = _tmp_path(final)
+    tmp = temp_path(final)
     with open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
     os.replace(tmp, final)
@@ -298,7 +324,7 @@ def _write_shard(adapter, tok, act: Path, i: int, shard: dict, layers: list[int]
     name, rows = _shard_name(i), shard["rows"]
     d = int(adapter.d_model)
     finals = {l: act / _layer_dir(l) / f"{name}.npy" for l in layers}
-    tmps = {l: _tmp_path(f) for l, f in finals.items()}
+    tmps = {l: temp_path(f) for l, f in finals.items()}
     mms = {l: np.lib.format.open_memmap(tmps[l], mode="w+", dtype=np.dtype(dtype), shape=(rows, d)) for l in layers}
     sums = np.zeros((len(layers), d), dtype=np.float64)
     cell_col = np.empty(rows, dtype=np.int64)
@@ -357,7 +383,7 @@ def _finalise(act: Path, adapter, plan: dict, orig_rows: np.ndarray, tok) -> dic
     genes = pd.DataFrame({"token_id": np.asarray(toks, dtype=np.int64),
                           "gene_id": [str(ids.get(t, t)) for t in toks],
                           "symbol": [str(syms.get(t, ids.get(t, t))) for t in toks]})
-    tmp = _tmp_path(act / "genes.parquet")
+    tmp = temp_path(act / "genes.parquet")
     genes.to_parquet(tmp, index=False)
     os.replace(tmp, act / "genes.parquet")
     info = {"format": 1, "layers": layers, "d_model": plan["d_model"], "dtype": plan["config"]["dtype"],

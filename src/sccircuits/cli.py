@@ -465,11 +465,22 @@ def check_dtype_cmd(
 
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2."""
+    import signal
+
+    from .errors import Interrupted
+
+    def interrupted(signum, frame):
+        raise Interrupted()
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         app()
     except SCCircuitsError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted:
+        console.print("interrupted; rerun the same command to resume", highlight=False)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -50,11 +50,12 @@ def counts_matrix(adata, layer: str | None = None, normalized: bool = False,
     if data.size and not np.all(np.isfinite(data)):
         raise InputError(where, "expression matrix contains NaN or infinite values")
     if data.size and data.min() < 0:
-        raise InputError(where, "expression matrix has negative values: these are not counts "
-                                "(give raw counts, or --normalized if the data is already normalised)")
+        raise InputError(where, "expression matrix has negative values (scaled or centred data?): tokenization "
+                                "needs raw counts; point at the AnnData layer holding them (extract: "
+                                "--counts-layer)")
     if not normalized and data.size and not np.all(data == np.round(data)):
-        raise InputError(where, "expression matrix is not integer counts (looks normalised); give raw "
-                                "counts (e.g. --layer counts) or pass --normalized to accept it")
+        raise InputError(where, "expression matrix is not integer counts (looks normalised): tokenization needs raw "
+                                "counts; point at the AnnData layer holding them (extract: --counts-layer)")
     X.eliminate_zeros()
     return X
 
@@ -75,3 +76,13 @@ def looks_like_ensembl(ids: np.ndarray) -> bool:
     if ids.size == 0:
         return False
     return float(np.mean(np.char.startswith(ids, "ENS"))) > 0.5
+
+
+def warn_duplicates(source: str | os.PathLike, n_duplicates: int, n_genes: int) -> None:
+    """Say how many gene columns were summed into an earlier column of the same gene (a
+    duplicated name or id), instead of leaving it to anndata's generic uniqueness warning."""
+    if n_duplicates:
+        import warnings
+
+        warnings.warn(f"{source}: {n_duplicates} of {n_genes} gene columns repeat a gene already present "
+                      "(duplicated names/ids); their counts are summed into one token", stacklevel=3)

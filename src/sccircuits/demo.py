@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import check, option, parse_layers, to_dict
+from .config import check, option, parse_layers
 from .rundir import RunDir
 
 
@@ -74,9 +74,9 @@ def _say(msg: str) -> None:
 
 
 def _same(run: RunDir, stage: str, cfg) -> bool:
-    """True when ``stage`` completed in ``run`` with exactly these options."""
-    st = run.stage(stage)
-    return bool(st) and st.get("status") == "complete" and st.get("config") == to_dict(cfg)
+    """True when ``stage`` completed in ``run`` with exactly these options, on the current
+    results of the stages it read (none of them rerun since)."""
+    return run.is_current(stage, cfg)
 
 
 def _source_layers(spec: str, n_layers: int) -> list[int]:

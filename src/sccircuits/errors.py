@@ -25,3 +25,9 @@ class InputError(SCCircuitsError):
 
 class ConfigError(SCCircuitsError):
     """An invalid option value (raised from a config dataclass's ``__post_init__``)."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C in the CLI. Its SIGINT handler raises this instead of KeyboardInterrupt, which click
+    would turn into a bare "Aborted!"; a BaseException, so no ``except Exception`` swallows it.
+    Run directories mark the stage ``interrupted`` and the CLI says how to resume."""

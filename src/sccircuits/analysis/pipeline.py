@@ -121,7 +121,7 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
     cfg = cfg or AnalyzeConfig()
     data = load_run(run)
     run, edges, catalogs = data["run"], data["edges"], data["catalogs"]
-    run.begin_stage("analyze", cfg)
+    run.begin_stage("analyze", cfg, upstream=run.stamps("annotate", "trace"))
     outdir = run / "analysis"
     n_layers = cfg.n_layers or infer_n_layers(run, edges, catalogs)
 

@@ -12,7 +12,6 @@ label rates). :func:`annotate_layer` is the pure part (catalog table + libraries
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from typing import Mapping, Sequence
@@ -23,7 +22,7 @@ import pandas as pd
 from .. import artifacts
 from ..errors import InputError
 from ..genesets import GeneSets, library_name, read_gmt, read_pairs
-from ..rundir import RunDir
+from ..rundir import RunDir, file_fingerprint
 from . import enrich, network
 from .config import AnnotateConfig  # noqa: F401  (re-exported)
 from .catalog import CatalogAccumulator, catalog_table
@@ -221,12 +220,28 @@ def token_symbols(genes: pd.DataFrame) -> dict[int, str]:
     return out
 
 
-def _file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def library_overlap(libraries: Mapping[str, GeneSets], paths: Mapping[str, str | os.PathLike],
+                    background: Sequence[str]) -> dict[str, dict]:
+    """How many of the run's genes each library names. A library naming none of them is an error
+    (every feature would come out unannotated, e.g. Ensembl ids in the GMT, symbols in the run);
+    one covering under 10% of them gets a warning with the counts."""
+    import warnings
+
+    genes = {g.upper() for g in background}
+    out = {}
+    for name, sets in libraries.items():
+        lib_genes = {g.upper() for _, members in sets.values() for g in members}
+        n = len(lib_genes & genes)
+        out[name] = {"run_genes": len(genes), "library_genes": len(lib_genes), "shared": n}
+        where = paths.get(name, name)
+        example = f" (library genes look like {sorted(lib_genes)[:3]}, run genes like {sorted(genes)[:3]})"
+        if n == 0:
+            raise InputError(where, f"none of its {len(lib_genes)} genes is among the run's {len(genes)} genes"
+                                    f"{example}; use a gene-set file with the same gene symbols")
+        if n < 0.1 * len(genes):
+            warnings.warn(f"{where}: only {n} of the run's {len(genes)} genes appear in this library "
+                          f"({len(lib_genes)} genes); most features cannot be annotated{example}", stacklevel=3)
+    return out
 
 
 def load_libraries(gene_sets: Sequence[str | os.PathLike]) -> dict[str, GeneSets]:
@@ -250,6 +265,14 @@ def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
 
     cfg = cfg or AnnotateConfig()
     rd = RunDir(run, create=False)
+    with rd.hold(STAGE):
+        return _annotate(rd, gene_sets, cfg, progress)
+
+
+def _annotate(rd: RunDir, gene_sets: Sequence[str | os.PathLike], cfg: AnnotateConfig, progress: bool) -> dict:
+    from ..activations import ActivationStore
+    from ..sae import load_saes
+
     libraries = load_libraries(gene_sets)
     label_library = find_label_library(list(libraries), cfg.label_library)
     networks = {}
@@ -264,12 +287,13 @@ def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
     missing = [l for l in layers if l not in available]
     if missing:
         raise InputError(rd.path, f"layers {missing} have no SAE and activations (available: {available})")
-    inputs = {str(p): _file_digest(p) for p in [*gene_sets, cfg.string_pairs, cfg.trrust] if p}
-    rd.begin_stage(STAGE, cfg, inputs=inputs, label_library=label_library)
-
     genes = store.genes()
     symbols = token_symbols(genes)
     background = sorted({s.upper() for s in symbols.values()})
+    overlap = library_overlap(libraries, dict(zip(map(library_name, gene_sets), gene_sets)), background)
+    inputs = {str(p): file_fingerprint(p) for p in [*gene_sets, cfg.string_pairs, cfg.trrust] if p}
+    rd.begin_stage(STAGE, cfg, inputs=inputs, label_library=label_library, gene_overlap=overlap,
+                   upstream=rd.stamps("extract", "train-sae"))
     outputs, metrics = [], {"label_library": label_library, "layers": {}}
     for layer in layers:
         counts = layer_counts(store, saes[layer], layer, cfg.batch_size, cfg.device, progress)

@@ -49,7 +49,7 @@ def _labels(run: RunDir, column: str | None) -> tuple[str, pd.Series] | None:
     """(column, labels indexed by .h5ad row) from the run's input data, or None."""
     import anndata as ad
 
-    data = ((run.stage("extract") or {}).get("data_path"))
+    data = run.recorded_path("extract", "data_path")
     if not data:
         return None
     try:

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..data import counts_matrix, gene_identifiers, looks_like_ensembl
+from ..data import counts_matrix, gene_identifiers, looks_like_ensembl, warn_duplicates
 from ..errors import InputError
 from .base import BlockRunner, resolve_dtype, TokenBatch, TokenizedCells, collate
 from .pickles import load_dictionary
@@ -265,6 +265,7 @@ class GeneformerAdapter(BlockRunner):
             input_ids.append(seq)
             gene_mask.append(mask)
             kept.append(r)
+        warn_duplicates(where, stats["duplicates"], len(ids))
         n_skipped = int(X.shape[0] - len(kept))
         if not kept:
             raise InputError(where, f"none of the {X.shape[0]} cells has a nonzero count in a gene of the "

@@ -102,3 +102,23 @@ def load_dictionary(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise InputError(path, f"expected a dictionary, got {type(obj).__name__}")
     return {_plain(k, path): _plain(v, path) for k, v in obj.items()}
+
+
+def torch_load_refusal(error: Exception) -> str:
+    """The problem with a checkpoint that ``torch.load(weights_only=True)`` would not read.
+
+    torch's own text ends with advice to retry with ``weights_only=False``, which would run
+    whatever code the file carries; we never do that and never repeat the advice."""
+    import re
+
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found or "Unsupported global" in text:
+        what = f" ({found.group(1)})" if found else ""
+        return ("cannot read weights: refused, the checkpoint contains Python objects other than tensors"
+                f"{what}, which could run code when loaded; sccircuits only loads plain tensors (re-save the "
+                "weights as a state dict of tensors where the file is trusted)")
+    if "weights_only" in text or isinstance(error, pickle.UnpicklingError):
+        return "cannot read weights: not a PyTorch checkpoint of tensors (corrupt or another format)"
+    first = text.splitlines()[0][:200] if text else "corrupt file"
+    return f"cannot read weights ({type(error).__name__}: {first})"

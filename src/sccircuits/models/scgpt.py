@@ -49,9 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import counts_matrix, gene_identifiers
+from ..data import counts_matrix, gene_identifiers, warn_duplicates
 from ..errors import InputError
 from .base import BlockRunner, resolve_dtype, TokenBatch, TokenizedCells, collate
+from .pickles import torch_load_refusal
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
 """Special tokens of scGPT vocabularies (appended when a vocab.json lacks them, as scGPT does)."""
@@ -285,8 +286,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip / pickle / unsafe-global errors all mean "not a usable state dict"
-        first = str(e).splitlines()[0] if str(e) else "corrupt file"
-        raise InputError(path, f"cannot read weights ({type(e).__name__}: {first[:200]})") from None
+        raise InputError(path, torch_load_refusal(e)) from None
     for key in ("model_state_dict", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -484,6 +484,7 @@ class ScGPTAdapter(BlockRunner):
             values.append(val.astype(np.float32))
             gene_mask.append(mask)
             kept.append(r)
+        warn_duplicates(where, n_dup, len(ids))
         info = {"mode": mode, "n_cells": int(X.shape[0]), "n_genes": int(len(ids)),
                 "genes_mapped": int(M.nnz), "genes_unmapped": int(len(ids) - M.nnz),
                 "duplicate_genes_summed": n_dup, "cells_skipped": int(X.shape[0] - len(kept)),

@@ -27,14 +27,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..rundir import atomic_write_json
+from ..rundir import atomic_write_json, follow_umask, temp_path
 from .model import TopKSAE
 
 CFG_FILE = "cfg.json"
@@ -93,9 +93,9 @@ def save_sae(sae: TopKSAE, path: str | os.PathLike) -> Path:
         centring = {"activation_mean": sae.activation_mean.detach().cpu().float().contiguous(),
                     "b_enc": b_enc.contiguous(), "b_dec": b_dec.contiguous()}
     for name, tensors in ((WEIGHTS_FILE, folded), (CENTRING_FILE, centring)):
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp)
+        tmp = temp_path(path / name)
+        save_file(tensors, str(tmp))
+        follow_umask(tmp)
         os.replace(tmp, path / name)
     atomic_write_json(path / CFG_FILE, saelens_cfg(sae))
     return path
@@ -169,8 +169,9 @@ def load_bio_sae(layer_dir: str | os.PathLike, mean_path: str | os.PathLike | No
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(ckpt_path, f"cannot load with weights_only=True ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        from ..models.pickles import torch_load_refusal
+
+        raise InputError(ckpt_path, torch_load_refusal(e)) from None
     sd = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     keys = ("W_enc.weight", "W_enc.bias", "W_dec.weight", "W_dec.bias")
     if not isinstance(sd, dict) or any(k not in sd for k in keys):
@@ -243,23 +244,52 @@ def load_saes(path: str | os.PathLike, device: str | torch.device = "cpu",
     """All SAEs under ``path`` as {layer: TopKSAE}. ``path`` may be a run directory (uses
     ``saes/``), a directory of ``layerNN/`` SAEs (our layout) or a published bio-sae directory
     of ``layerNN_x4_k32/`` checkpoints."""
+    path, layout, found = sae_layer_dirs(path, layers)
+    if layout == "ours":
+        return {l: load_sae(p, device) for l, p in found.items()}
+    saes = _load_bio_dir(path)
+    return {l: s.to(device) for l, s in saes.items() if layers is None or l in layers}
+
+
+def sae_layer_dirs(path: str | os.PathLike, layers: list[int] | None = None) -> tuple[Path, str, dict[int, Path]]:
+    """(SAE directory, layout "ours" or "bio-sae", {layer: its folder}) of the SAEs that
+    :func:`load_saes` loads from ``path`` (only ``layers`` if given). A ``layerNN/`` folder
+    without cfg.json is an error naming it, never silently skipped (its layer would vanish from
+    the trace targets)."""
     path = Path(path)
     if not path.is_dir():
         raise InputError(path, "SAE directory not found")
     if (path / "saes").is_dir() and not any(_OURS.match(p.name) for p in path.iterdir()):
         path = path / "saes"
-    ours = sorted(p for p in path.iterdir() if p.is_dir() and _OURS.match(p.name) and (p / CFG_FILE).is_file())
+    ours = {int(_OURS.match(p.name).group(1)): p for p in sorted(path.iterdir()) if p.is_dir() and _OURS.match(p.name)}
     if ours:
-        found = {int(_OURS.match(p.name).group(1)): p for p in ours}
-        keep = found if layers is None else {l: found[l] for l in layers if l in found}
-        _check_layers(path, found, layers)
-        return {l: load_sae(p, device) for l, p in sorted(keep.items())}
-    if any(p.is_dir() and _BIO.match(p.name) for p in path.iterdir()):
-        saes = _load_bio_dir(path)
-        _check_layers(path, saes, layers)
-        return {l: s.to(device) for l, s in saes.items() if layers is None or l in layers}
+        wanted = ours if layers is None else {l: p for l, p in ours.items() if l in layers}
+        broken = [p for p in wanted.values() if not (p / CFG_FILE).is_file()]
+        if broken:
+            more = f" (and {len(broken) - 1} more layer folder(s) like it)" if len(broken) > 1 else ""
+            raise InputError(broken[0], f"SAE folder has no {CFG_FILE} (unfinished training or an incomplete "
+                                        f"copy?){more}; finish or remove it")
+        _check_layers(path, ours, layers)
+        return path, "ours", dict(sorted(wanted.items()))
+    bio = {int(_BIO.match(p.name).group(1)): p for p in sorted(path.iterdir()) if p.is_dir() and _BIO.match(p.name)}
+    if bio:
+        _check_layers(path, bio, layers)
+        return path, "bio-sae", {l: p for l, p in sorted(bio.items()) if layers is None or l in layers}
     raise InputError(path, "no SAEs found: expected layerNN/ (sccircuits/SAELens) or "
                            "layerNN_x4_k32/sae_final.pt (bio-sae) subdirectories")
+
+
+def sae_fingerprints(path: str | os.PathLike, layers: list[int] | None = None) -> dict[str, str]:
+    """{layer: content fingerprint} of the files each loaded SAE is read from (for bio-sae also
+    the activation means kept beside the layer folders)."""
+    from ..rundir import content_fingerprint, file_fingerprint
+
+    root, layout, found = sae_layer_dirs(path, layers)
+    out = {str(l): content_fingerprint(d) for l, d in found.items()}
+    if layout == "bio-sae":
+        for f in sorted(root.glob("*activation_mean*.npy")):
+            out[f.name] = file_fingerprint(f)
+    return out
 
 
 def _check_layers(path: Path, found: dict, layers: list[int] | None) -> None:

@@ -57,6 +57,11 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
     """
     cfg = cfg or SAETrainConfig()
     run = run if isinstance(run, RunDir) else RunDir(run, create=False)
+    with run.hold(STAGE):
+        return _train_saes(run, cfg, progress)
+
+
+def _train_saes(run: RunDir, cfg: SAETrainConfig, progress: bool) -> dict[int, TopKSAE]:
     store = ActivationStore(run)
     layers = store.layers if cfg.layers.strip().lower() == "all" else parse_layers(cfg.layers, "layers")
     missing = [l for l in layers if l not in store.layers]
@@ -71,9 +76,11 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
     out_dir = run / SAE_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_npy(out_dir / "heldout_cells.npy", split.heldout_cells)
-    previous = (run.stage(STAGE) or {}).get("metrics", {}) if _same_config(run, cfg) else {}
-    run.begin_stage(STAGE, cfg)
-    cfg_key = json.dumps(to_dict(cfg), sort_keys=True)
+    upstream = run.stamps("extract")
+    previous = (run.stage(STAGE) or {}).get("metrics", {}) if _same_config(run, cfg, upstream) else {}
+    run.begin_stage(STAGE, cfg, upstream=upstream)
+    # epoch checkpoints count only for these options on these activations (a re-extract changes the key)
+    cfg_key = json.dumps({**to_dict(cfg), "activations": upstream["extract"]}, sort_keys=True)
     metrics: dict = {}
     saes: dict[int, TopKSAE] = {}
     for layer in layers:
@@ -85,7 +92,7 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
             continue
         sae, m = train_layer(store, layer, cfg, split, checkpoint=out_dir / ".checkpoints" / f"{name}.pt",
                              progress=progress, cfg_key=cfg_key)
-        sae.metadata = {"layer": layer, "model_name": store.info.get("model_path"), "recipe": cfg.recipe,
+        sae.metadata = {"layer": layer, "model_name": _model_name(store.info.get("model_path")), "recipe": cfg.recipe,
                         "metrics": m, "train_config": to_dict(cfg)}
         save_sae(sae, final)
         metrics[name] = m
@@ -99,9 +106,15 @@ def train_saes(run: str | os.PathLike | RunDir, cfg: SAETrainConfig | None = Non
     return saes
 
 
-def _same_config(run: RunDir, cfg: SAETrainConfig) -> bool:
+def _same_config(run: RunDir, cfg: SAETrainConfig, upstream: dict) -> bool:
+    """Same options, trained on the activations the run holds now (not on an earlier extract)."""
     st = run.stage(STAGE)
-    return bool(st) and st.get("config") == to_dict(cfg)
+    return bool(st) and st.get("config") == to_dict(cfg) and st.get("upstream", upstream) == upstream
+
+
+def _model_name(model_path: str | None) -> str | None:
+    """SAELens ``model_name``: the model directory's name, never a path of the user's machine."""
+    return None if not model_path else Path(model_path).name or None
 
 
 def _record_partial(run: RunDir, metrics: dict) -> None:

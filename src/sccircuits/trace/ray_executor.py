@@ -270,18 +270,19 @@ def trace_with_ray(run=None, *, model=None, data=None, saes=None, annotation=Non
                              config=cfg, progress=progress)
     fp = setup.fingerprint if not opts.split else hashlib.sha256(
         f"{setup.fingerprint}|ray-split|{int(split_layers)}|{task_features}".encode()).hexdigest()[:20]
-    job = st.open_trace(setup, fp, executor={"kind": "ray", "num_workers": num_workers,
-                                             "task_features": task_features, "split_layers": split_layers})
-    stats = RayStats(blocks_resumed=len(job.blocks) - len(job.todo))
-    if job.finished is None:
-        tasks = [t for t in make_tasks(setup.features, len(setup.cells), cfg.checkpoint_every, task_features,
-                                       split_layers) if t.block in job.todo]
-        stats.tasks = len(tasks)
-        if tasks:
-            _run_tasks(ray, setup, tasks, opts, fp, job.trace_dir, stats, progress, tqdm)
-    result = st.finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
-    result.metrics["executor"] = {"kind": "ray", "num_workers": num_workers, **vars(stats)}
-    return result
+    with st.lock_trace(setup):
+        job = st.open_trace(setup, fp, executor={"kind": "ray", "num_workers": num_workers,
+                                                 "task_features": task_features, "split_layers": split_layers})
+        stats = RayStats(blocks_resumed=len(job.blocks) - len(job.todo))
+        if job.finished is None:
+            tasks = [t for t in make_tasks(setup.features, len(setup.cells), cfg.checkpoint_every, task_features,
+                                           split_layers) if t.block in job.todo]
+            stats.tasks = len(tasks)
+            if tasks:
+                _run_tasks(ray, setup, tasks, opts, fp, job.trace_dir, stats, progress, tqdm)
+        result = st.finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
+        result.metrics["executor"] = {"kind": "ray", "num_workers": num_workers, **vars(stats)}
+        return result
 
 
 def _fitting_workers(resources: dict, cpus: float, gpus: float) -> int:

@@ -34,7 +34,7 @@ import pandas as pd
 from .. import artifacts
 from ..config import from_dict, parse_feature_spec, to_dict
 from ..errors import ConfigError, InputError
-from ..rundir import RunDir
+from ..rundir import RunDir, content_fingerprint
 from .accumulators import Accumulators
 from .config import TraceConfig
 from .edges import EDGE_COLUMN, Thresholds, build_tables, d_distribution, estimated_fdr
@@ -72,6 +72,8 @@ class TraceInputs:
     tokenize: dict = field(default_factory=dict)
     """Tokenizer keywords (gene_column, layer, max_length): the run's extract options, then
     the trace's own."""
+    fingerprints: dict = field(default_factory=dict)
+    """Content fingerprints of model, data and the SAEs used (:func:`input_fingerprints`)."""
 
     @classmethod
     def resolve(cls, run, model, data, saes, annotation, out, cfg: TraceConfig) -> "TraceInputs":
@@ -81,8 +83,8 @@ class TraceInputs:
             rd = RunDir(run, create=False)
             ext = rd.stage("extract")
             if ext:
-                model = model or ext.get("model_path")
-                data = data or ext.get("data_path")
+                model = model or rd.recorded_path("extract", "model_path")
+                data = data or rd.recorded_path("extract", "data_path")
                 c = ext.get("config", {})
                 tokenize = {opt: c[key] for key, opt in TOKENIZE_OPTIONS if c.get(key) is not None}
             saes = rd.path if saes is None else saes
@@ -209,11 +211,19 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
     return out
 
 
-def _fingerprint(cfg: TraceConfig, features, targets, cells, model_path, saes_path) -> str:
+def input_fingerprints(ins: TraceInputs, layers: list[int]) -> dict:
+    """Content fingerprints (not paths) of the model, the cells file and the SAEs of ``layers``:
+    a file overwritten in place changes them, a moved or copied one does not."""
+    from ..sae.io import sae_fingerprints
+
+    return {"model": content_fingerprint(ins.model), "data": content_fingerprint(ins.data),
+            "saes": sae_fingerprints(ins.saes, layers)}
+
+
+def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict) -> str:
     """Everything a block's numbers depend on; blocks of different fingerprints never mix."""
     key = {"features": {str(s): f.tolist() for s, f in features.items()}, "targets": {str(s): t for s, t in targets.items()},
-           "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(),
-           "model": str(Path(model_path).resolve()), "saes": str(Path(saes_path).resolve()),
+           "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(), "inputs": inputs,
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
                                             "checkpoint_every", "null_ablation", "null_seed", "null_draws",
                                             "null_budget")}}
@@ -311,8 +321,16 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
     targets = _source_layers(cfg, all_saes, spec, ins.saes)
     cells = _select_cells(adapter, ins.data, cfg, ins.tokenize)
     features = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter, cells, progress)
-    fp = _fingerprint(cfg, features, targets, cells, ins.model, ins.saes)
+    ins.fingerprints = input_fingerprints(ins, sorted(set(targets) | {t for ts in targets.values() for t in ts}))
+    fp = _fingerprint(cfg, features, targets, cells, ins.fingerprints)
     return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp)
+
+
+def lock_trace(setup: TraceSetup):
+    """Hold the output run directory for this trace (:meth:`RunDir.hold`); the shards of one
+    trace share it, each holding its own shard lock."""
+    i, n = setup.cfg.shard_index, setup.cfg.n_shards
+    return RunDir(setup.inputs.out).hold(STAGE, shard=None if n == 1 else f"{STAGE}-shard-{i}of{n}")
 
 
 @dataclass
@@ -345,7 +363,8 @@ def open_trace(setup: TraceSetup, fingerprint: str | None = None, executor: dict
     i, n = cfg.shard_index, cfg.n_shards
     blocks = list(range(i * setup.n_blocks // n, (i + 1) * setup.n_blocks // n))
     stage = STAGE if n == 1 else f"{STAGE}-shard-{i}of{n}"
-    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp)
+    rd.begin_stage(stage, cfg, inputs=meta["inputs"], fingerprint=fp, input_fingerprints=setup.inputs.fingerprints,
+                   upstream=rd.stamps("train-sae", "annotate"))
     artifacts.write_json(rd, artifacts.trace_meta_file(i, n), meta)
     finished = _finished_statistics(trace_dir, fp) if n == 1 else None
     todo = []
@@ -366,15 +385,22 @@ def trace(run=None, *, model=None, data=None, saes=None, annotation=None, out=No
     ``data`` (.h5ad), ``saes`` (our layout or bio-sae) and ``out`` (the run dir receiving
     ``trace/``). ``config`` or keyword ``options`` set :class:`TraceConfig`.
     """
+    cfg = config if config is not None else TraceConfig(**options)
+    t_start = time.time()
+    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
+                          config=cfg, progress=progress)
+    with lock_trace(setup):
+        return _trace_blocks(setup, t_start, progress)
+
+
+def _trace_blocks(setup: TraceSetup, t_start: float, progress: bool) -> TraceResult:
+    """Compute this shard's missing blocks (all blocks without --shard), then the tables."""
     import torch
     from tqdm.auto import tqdm
 
     from .engine import AblationEngine
 
-    cfg = config if config is not None else TraceConfig(**options)
-    t_start = time.time()
-    setup = prepare_trace(run, model=model, data=data, saes=saes, annotation=annotation, out=out,
-                          config=cfg, progress=progress)
+    cfg = setup.cfg
     job = open_trace(setup)
     if job.finished is not None:  # same trace already computed: only the thresholds may differ
         return finish_trace(job.rd, [job.trace_dir], job.meta, cfg, t_start, cleanup=True, total=job.finished)
@@ -445,8 +471,9 @@ def merge(shard_dirs, out=None, progress: bool = True) -> TraceResult:
     meta = metas[0]
     cfg = from_dict(TraceConfig, {**meta["config"], "shard": "0/1"})
     rd = RunDir(out if out is not None else trace_dirs[0].parent)
-    rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
-    return finish_trace(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
+    with rd.hold("merge"):
+        rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
+        return finish_trace(rd, trace_dirs, meta, cfg, t_start, cleanup=False)
 
 
 def _fold_blocks(trace_dirs: list[Path], meta: dict, progress: bool = True) -> Accumulators:
