@@ -19,7 +19,6 @@ stage ablated it as a source), plus the manifest stage ``celltypes``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -260,9 +260,6 @@ def load_libraries(gene_sets: Sequence[str | os.PathLike]) -> dict[str, GeneSets
 def annotate(run: str | os.PathLike, gene_sets: Sequence[str | os.PathLike],
              cfg: AnnotateConfig | None = None, progress: bool = True) -> dict:
     """Run the annotate stage on ``run``; returns the per-layer metrics saved in the manifest."""
-    from ..activations import ActivationStore
-    from ..sae import load_saes
-
     cfg = cfg or AnnotateConfig()
     rd = RunDir(run, create=False)
     with rd.hold(STAGE):
