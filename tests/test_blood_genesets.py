@@ -7,7 +7,6 @@ import json
 import zipfile
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from sccircuits import datasets

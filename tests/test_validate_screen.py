@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from sccircuits.errors import InputError
 from sccircuits.rundir import RunDir
-from sccircuits.validate import PredictConfig, ValidateConfig, validate
+from sccircuits.validate import ValidateConfig, validate
 from sccircuits.validate.synthetic import write_run, write_screen
 
 CTRL = "non-targeting"

@@ -11,7 +11,6 @@ Caution: targets are always at later layers than sources by construction of the 
 from __future__ import annotations
 
 import networkx as nx
-import numpy as np
 import pandas as pd
 
 DEPTH_NOTE = ("targets lie at later layers than sources by construction of the tracing; "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import gzip
 import io
-import json
 import os
 import shutil
 import sqlite3

@@ -24,7 +24,6 @@ Published bio-sae layout (import only)::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
