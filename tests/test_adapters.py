@@ -3,7 +3,8 @@
 What the tracer and the extractor rely on from any model (``models/base.py``): layer
 numbering (-1 = embedding output, 0..n-1 = block outputs), the same range checks, a pass
 resumed with ``run_from`` equal to a clean pass, hidden states of a cell independent of the
-padding its batch needs, and the adapter's dtype and device on every output.
+padding its batch needs, the last block computed at query positions only equal to the full
+block there, and the adapter's dtype and device on every output.
 """
 
 from __future__ import annotations
@@ -85,6 +86,23 @@ def test_run_from_equals_the_clean_pass(adapter, padded):
     part = adapter.run_from(0, clean[0], padded, until=2, layers=[2])
     assert list(part) == [2]
     torch.testing.assert_close(part[2], clean[2], atol=ATOL, rtol=0)
+
+
+def test_last_block_at_query_positions_equals_the_full_block(adapter, padded):
+    """The tracer computes its last needed block only at the averaged positions (queries);
+    keys and values still come from every position, so those rows equal the full pass."""
+    n = adapter.n_layers
+    clean = adapter.hidden_states(padded, range(n))
+    lengths = padded.attention_mask.sum(1)
+    g = torch.Generator().manual_seed(0)
+    queries = torch.stack([torch.randint(0, int(l), (5,), generator=g) for l in lengths])  # (B, 5), repeats allowed
+    for s, until in ((0, n - 1), (1, 2), (n - 2, n - 1)):
+        out = adapter.run_from(s, clean[s], padded, until=until, queries=queries)
+        assert out[until].shape == (len(queries), 5, adapter.d_model)
+        want = torch.gather(clean[until], 1, queries[..., None].expand(-1, -1, adapter.d_model))
+        torch.testing.assert_close(out[until], want, atol=ATOL, rtol=0)
+        for layer in range(s + 1, until):  # earlier blocks stay full
+            torch.testing.assert_close(out[layer], clean[layer], atol=ATOL, rtol=0)
 
 
 def test_patch_changes_only_its_cell_and_later_layers(adapter, padded):

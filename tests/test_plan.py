@@ -65,9 +65,13 @@ def test_memory_estimate_components():
     assert m32["model"] == 4000 and m16["model"] == 2000
     assert m32["accumulators"] == 3 * 2 * 5 * 16 * 36  # 3 (s, t) pairs x 2 kinds x F x T x 36 bytes
     assert m32["saes"] == 3 * (2 * 8 * 16 + 16 + 24) * 4
-    assert m32["encode"] == 100 * 16 * 12
+    assert m32["encode"] == 100 * 16 * 8  # float32 pre-activations + top-k scratch; codes stay sparse
+    assert m32["job_sums"] == 4 * 5 * 16 * 8 * 2 * 3  # C F D x float64 x T x (clean sums + 2 kinds)
     bigger = memory_estimate(dtype="float32", **{**kw, "batch_size": 8})
-    assert bigger["clean_batch"] > m32["clean_batch"]
+    assert bigger["clean_batch"] > m32["clean_batch"] and bigger["ablation_pass"] > m32["ablation_pass"]
+    # the two knobs are separate: more cells per clean pass leave the ablation pass alone
+    more_cells = memory_estimate(dtype="float32", **{**kw, "clean_batch_size": 16})
+    assert more_cells["clean_batch"] > m32["clean_batch"] and more_cells["ablation_pass"] == m32["ablation_pass"]
 
 
 def test_suggest_batch_size():
