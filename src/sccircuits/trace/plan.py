@@ -207,19 +207,33 @@ def _n_params(adapter) -> int:
     return int(sum(p.numel() for p in model.parameters())) if model is not None else 0
 
 
+MEMORY_FORMULA = (
+    "peak bytes <= model + saes + accumulators + clean_batch + ablation_pass + encode + job_sums + null, with "
+    "B = batch_size (ablated rows per forward), C = clean_batch_size (cells per clean pass), L = longest cell, "
+    "d = d_model, d_ff = FFN width, b = bytes per model value, D = largest d_sae, F = most traced features of a "
+    "source layer, T = most target layers of a source layer, K = kinds (1, or 2 with the null), S = source layers, "
+    "P = encode_chunk, Q = max(1, P // 16): "
+    "model = params*b; saes = sum over layers used (2*d*D + D + 3*d)*4; accumulators = sum over (source, target) "
+    "K*F*D*36; clean_batch = C*L*d*b*layers_kept + C*L*(5*d + d_ff)*b; ablation_pass = B*L*d*(2*b + 4) + "
+    "B*L*(5*d + d_ff)*b; encode = P*D*8; job_sums = C*F*D*8*(3*K*T + 4); null (K = 2 only) = S*d*D*4 + Q*D*48 + B*D*8")
+"""The formula of :func:`memory_estimate` in one line (the trace manifest records it)."""
+
+
 def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dtype: str, batch_size: int,
                     max_length: int, n_layers_kept: int, n_targets_max: int, sae_sizes: dict[int, int],
                     n_features: dict[int, int], targets: dict[int, list[int]], n_kinds: int,
                     encode_chunk: int, clean_batch_size: int | None = None) -> dict[str, int]:
-    """Peak memory of a trace in bytes, by component (pure function of shapes). With
-    ``B`` = ``batch_size`` (ablated rows per forward), ``C`` = ``clean_batch_size`` (cells per
-    clean pass, default B), ``L`` = longest cell, ``d`` = d_model, ``b`` = bytes per model value,
-    ``D`` = largest d_sae, ``F`` = most traced features of a source layer, ``T`` = most target
-    layers of a source layer, ``K`` = kinds (1, or 2 with the null):
+    """Peak memory of a trace in bytes, by component (pure function of shapes; the sum is the
+    bound, :data:`MEMORY_FORMULA`). With ``B`` = ``batch_size`` (ablated rows per forward),
+    ``C`` = ``clean_batch_size`` (cells per clean pass, default B), ``L`` = longest cell, ``d`` =
+    d_model, ``b`` = bytes per model value, ``D`` = largest d_sae, ``F`` = most traced features
+    of a source layer, ``T`` = most target layers of a source layer, ``K`` = kinds (1, or 2 with
+    the null):
 
     * ``model``: parameters x b;
     * ``saes``: float32 encoder + decoder (2 d D) + biases + mean, per layer used;
-    * ``accumulators``: per (kind, source, target) F x D x (3 float64 + 3 int32);
+    * ``accumulators``: per (kind, source, target) F x D x (3 float64 + 3 int32) (a null has at
+      most F draws);
     * ``clean_batch``: the kept clean states ``C L d b x layers`` plus one block's working set
       ``C L (5 d + d_ff) b`` (input, q, k, v, attention output, FFN intermediate);
     * ``ablation_pass``: ``B L d (2 b + 4)`` (float32 perturbed input, the current state) plus one
@@ -227,18 +241,28 @@ def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dty
       measured on CPU for torch's SDPA with a padding mask);
     * ``encode``: ``encode_chunk x D`` float32 pre-activations, twice (top-k scratch); the codes
       themselves are kept sparse (k per position);
-    * ``job_sums``: the per-job float64 sums and observations of one clean batch,
-      ``C F D 8 T (1 + K)``.
+    * ``job_sums``: per job of one clean batch (at most ``K C F``) and target, the float64 clean
+      sums, observations and clean means (``3 K T``), plus the folding's copies of one
+      (kind, target) (``4``): ``C F D 8 (3 K T + 4)``;
+    * ``null`` (with the null only): the unit decoder rows of each source layer (``d D`` float32),
+      the null-direction choice over ``encode_chunk // 16`` positions at a time (dense code,
+      float64 ranking and its temporaries, <= 48 bytes per entry of ``D``) and one random
+      ranking per null row of a forward (``B D`` float64).
 
     Peak <= the sum of the components (the clean states stay alive while the ablation passes run).
     """
+    from .engine import null_choice_chunk
+
     b = DTYPE_BYTES[dtype]
     C = clean_batch_size or batch_size
     L = max_length
     D = max(sae_sizes.values(), default=0)
+    F = max(n_features.values(), default=0)
     working = lambda rows: rows * L * (5 * d_model + d_ff) * b  # noqa: E731
     sae_bytes = sum((2 * d_model * m + m + 3 * d_model) * 4 for m in sae_sizes.values())
     acc = sum(n_kinds * n_features[s] * sae_sizes[t] * (3 * 8 + 3 * 4) for s, ts in targets.items() for t in ts)
+    null = (len(n_features) * d_model * D * 4 + null_choice_chunk(encode_chunk) * D * 48 + batch_size * D * 8
+            if n_kinds > 1 else 0)
     return {
         "model": n_params * b,
         "saes": sae_bytes,
@@ -246,8 +270,23 @@ def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dty
         "clean_batch": C * L * d_model * n_layers_kept * b + working(C),
         "ablation_pass": batch_size * L * d_model * (2 * b + 4) + working(batch_size),
         "encode": encode_chunk * D * 4 * 2,
-        "job_sums": C * max(n_features.values(), default=0) * D * 8 * n_targets_max * (1 + n_kinds),
+        "job_sums": C * F * D * 8 * (3 * n_kinds * n_targets_max + 4),
+        "null": null,
     }
+
+
+def memory_shape(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:
+    """The symbols of :data:`MEMORY_FORMULA` for a prepared trace (recorded beside the estimate)."""
+    a, cfg = setup.adapter, setup.cfg
+    desc = a.describe() if hasattr(a, "describe") else {}
+    layers = sorted(set(setup.features) | {t for ts in setup.targets.values() for t in ts})
+    B = batch_size or cfg.batch_size
+    return {"params": _n_params(a), "B": B, "C": cfg.clean_batch_size or B,
+            "L": int(setup.cells.lengths().max()), "d": int(a.d_model), "d_ff": int(desc.get("d_ff", 4 * a.d_model)),
+            "b": DTYPE_BYTES[cfg.dtype], "D": max(int(setup.saes[l].d_sae) for l in layers),
+            "F": max(len(f) for f in setup.features.values()),
+            "T": max(len(t) for t in setup.targets.values()), "K": len(setup.kinds()), "S": len(setup.features),
+            "layers_kept": len(layers), "P": int(cfg.encode_chunk)}
 
 
 def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:

@@ -281,7 +281,7 @@ class TraceSetup:
                 "annotation": None if ins.annotation is None else str(ins.annotation),
                 "inputs": {"model": str(ins.model), "data": str(ins.data), "saes": str(ins.saes)},
                 "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()},
-                "memory_estimate_bytes": _memory_estimate(self)}
+                "memory_estimate_bytes": _memory_estimate(self), "memory_estimate_shape": _memory_shape(self)}
         if executor is not None:
             meta["executor"] = executor
         return meta
@@ -544,6 +544,7 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
         "ablated_sequences": c.get("ablated_sequences", 0),
         "memory_estimate_mib": _mib(meta.get("memory_estimate_bytes")),
+        "memory_estimate_shape": meta.get("memory_estimate_shape"), "memory_estimate_formula": _memory_formula(),
         "compute_s": round(compute_s, 3), "wall_s": round(time.time() - t_start, 3),
         "ablations_per_s": round(c.get("ablations", 0) / compute_s, 3) if compute_s > 0 else None,
         "n_tests": int(sum(features["n_tests"])) if len(features) else 0,
@@ -567,6 +568,19 @@ def _memory_estimate(setup: TraceSetup) -> dict[str, int]:
     from .plan import setup_memory
 
     return {k: int(v) for k, v in setup_memory(setup).items()}
+
+
+def _memory_shape(setup: TraceSetup) -> dict[str, int]:
+    """The symbols of the memory formula for this trace (``sccircuits.trace.plan.memory_shape``)."""
+    from .plan import memory_shape
+
+    return memory_shape(setup)
+
+
+def _memory_formula() -> str:
+    from .plan import MEMORY_FORMULA
+
+    return MEMORY_FORMULA
 
 
 def _mib(parts: dict | None) -> dict | None:
