@@ -3,23 +3,35 @@ plus a profile of the tracer's hot loop.
 
 Inputs (defaults = the shape of issue 16): a Geneformer-shaped BERT (random weights, 8 layers,
 d_model 256, 4 heads, FFN 512), random TopK SAEs (d_sae 4 x d_model, k 32) at every layer,
-40 synthetic cells of 1,200 genes (reference tokenization: 535-822 tokens per cell), source
+40 synthetic cells of 1,200 genes (reference tokenization: 400-800 tokens per cell), source
 layers 0 and 4 with their 10 most frequent features each, compat reference.
 
-Runs, one after the other in this process: ours with the null ablation off, ours with it on
-(the default), then the naive loop (tests/naive_reference.py: one full forward per (cell, active
-feature), batch 1, eager attention, as the published scripts did). For each: wall and CPU time
-and the load average. Ours is timed as the whole ``trace()`` call (loading, tokenization,
+Runs, one after the other in this process:
+
+* ``ours_null_off``: ``trace(..., compat="reference", null_ablation=False)``;
+* ``ours_default``: the same with the null ablation on (the default). Compat reference selects
+  the published edge set (column ``edge`` = ``in_cap``), which is what the naive loop can be
+  compared with; the null criterion (the default without compat) is computed all the same
+  (columns ``passes_null`` etc., the same null ablations and tests), so this run pays its full
+  cost; its edge count and estimated FDR are reported;
+* ``naive``: tests/naive_reference.py, one full forward per (cell, active feature), batch 1,
+  eager attention, as the published scripts did.
+
+For each: wall and CPU time and the load average before and after; for ours also forward
+passes (with and without the null), the peak RSS increase and the manifest's memory bound
+(docs/method.md §5). Ours is timed as the whole ``trace()`` call (loading, tokenization,
 feature check, blocks, tables); the naive loop only as its loop (model already loaded), so the
 ratio is conservative. Edges: Jaccard of the capped edge sets, TopK boundary flips (edges in one
-set only) and the largest relative d difference on shared edges.
+set only) and the largest relative d difference on shared edges; the null-on and null-off runs
+must give the same real edges.
 
 Profile (``--profile-cells``, 0 = off): torch.profiler over ``AblationEngine.run_cells`` on the
-first N cells, null off; top-level operator time grouped into linear layers, attention, SAE encode
-matmuls, top-k, segment sums and other ops; the rest of the wall time is Python overhead.
-Achieved GFLOP/s (FLOPs counted from operator shapes) vs the fp32 matmul peak measured here.
+first N cells, null off and null on; top-level operator time grouped into linear layers,
+attention, SAE encode matmuls, top-k, segment sums and other ops; the rest of the wall time is
+Python overhead. Achieved GFLOP/s (FLOPs counted from operator shapes) vs the fp32 matmul peak
+measured here. Timings are only meaningful on an otherwise idle machine.
 
-    python benchmarks/trace_speed.py [--n-cells 40] [--threads 2] [--skip-naive] [--profile-cells 8]
+    python benchmarks/trace_speed.py [--n-cells 40] [--threads 2] [--skip-naive] [--profile-cells 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ from sccircuits.sae import load_saes  # noqa: E402
 from sccircuits.trace import feature_frequencies, trace  # noqa: E402
 
 KEY = ["source_layer", "source_feature", "target_layer", "target_feature"]
+TARGETS = {"ours_null_off": 5.0, "ours_default": 3.5}
+"""Issue 16's speed-up targets over the naive loop (wall clock, idle machine)."""
 
 
 def load() -> str:
@@ -182,6 +196,7 @@ def main() -> None:
     runs = {}
     if not args.skip_ours:
         for null in (False, True):
+            key = "ours_default" if null else "ours_null_off"
             reset_peak_rss()
             rss0 = rss_mib("VmRSS")
             r, t = timed(lambda: trace(model=model_dir, data=cells_path, saes=saes_dir, out=tmp / f"ours_{time.time_ns()}",
@@ -192,23 +207,33 @@ def main() -> None:
             t["peak_rss_increase_mib"] = round(rss_mib() - rss0, 1)
             m = r.metrics
             t.update({k: m.get(k) for k in ("compute_s", "ablations", "null_ablations", "clean_forward_passes",
-                                            "ablation_forward_passes", "ablated_sequences", "memory_estimate_mib")})
-            runs[null] = r
-            res[f"ours_null_{'on' if null else 'off'}"] = t
-            print(f"ours, null {'on ' if null else 'off'}: {json.dumps(t)}", flush=True)
+                                            "ablation_forward_passes", "forward_passes", "forward_passes_null_free",
+                                            "forward_pass_ratio", "ablated_sequences", "n_edges_in_cap",
+                                            "n_edges_null_criterion", "estimated_fdr_null", "memory_estimate_mib",
+                                            "memory_estimate_shape")})
+            t["peak_rss_increase_within_bound"] = bool(t["peak_rss_increase_mib"] <= (m.get("memory_estimate_mib") or {}).get("total", 0))
+            runs[key] = r
+            res[key] = t
+            print(f"{key}: {json.dumps(t)}", flush=True)
+        off, on = (runs[k].edges for k in ("ours_null_off", "ours_default"))
+        res["null_on_vs_off_real_edges"] = compare_edges(on[on.in_cap], off[off.in_cap])
+        print(f"real edges, null on vs null off: {json.dumps(res['null_on_vs_off_real_edges'])}", flush=True)
     if not args.skip_naive:
         obs, t = timed(lambda: naive_observations(adapter, saes, cells, spec))
         t["forward_passes"] = obs["forward_passes"]
         res["naive"] = t
         print(f"naive loop: {json.dumps(t)}", flush=True)
         ref = naive_edges(obs, top_n=50, min_cells=2)
-        for null, r in runs.items():
-            key = f"ours_null_{'on' if null else 'off'}"
+        for key, r in runs.items():
+            target = TARGETS[key]
             res[key]["speedup"] = round(t["wall_s"] / res[key]["wall_s"], 2)
             res[key]["speedup_cpu"] = round(t["cpu_s"] / res[key]["cpu_s"], 2)
-            res[key]["edges"] = compare_edges(r.edges[r.edges.in_cap], ref)
-            print(f"{key}: speed-up {res[key]['speedup']}x wall, {res[key]['speedup_cpu']}x CPU; "
-                  f"edges {json.dumps(res[key]['edges'])}", flush=True)
+            res[key]["speedup_target"] = target
+            res[key]["edges_vs_naive"] = e = compare_edges(r.edges[r.edges.in_cap], ref)
+            res[key]["exact"] = bool(e["jaccard"] >= 0.999 and e["d_outliers"] == 0)
+            print(f"{key}: speed-up {res[key]['speedup']}x wall (target >= {target}x on an idle machine), "
+                  f"{res[key]['speedup_cpu']}x CPU; edges vs naive {json.dumps(e)}; "
+                  f"exact (Jaccard >= 0.999, every shared d within 1e-3): {res[key]['exact']}", flush=True)
 
     if args.profile_cells:
         res["profile"] = run_profile(adapter, saes, cells, spec, args, res["matmul_peak_gflops"])
@@ -216,37 +241,49 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(res, indent=1, default=float))
 
 
-def compare_edges(ours, ref) -> dict:
+def compare_edges(ours, ref, rtol: float = 1e-3) -> dict:
+    """Agreement of two capped edge sets: Jaccard, TopK boundary flips (edges in one set only),
+    shared edges whose d differs by more than ``rtol`` relative (``d_outliers``: also flips, of a
+    position in or out of a TopK support, when they occur) and the largest relative d difference."""
     m = ours.merge(ref, on=KEY, how="outer", suffixes=("", "_ref"), indicator=True)
     both = m[m["_merge"] == "both"]
     rel = np.abs(both.cohens_d - both.cohens_d_ref) / np.maximum(1e-12, np.abs(both.cohens_d_ref))
-    return {"ours": int(len(ours)), "naive": int(len(ref)), "shared": int(len(both)),
+    return {"ours": int(len(ours)), "reference": int(len(ref)), "shared": int(len(both)),
             "jaccard": round(len(both) / max(len(m), 1), 5),
-            "boundary_flips": int((m["_merge"] != "both").sum()),
-            "max_rel_d_diff": float(rel.max()) if len(rel) else 0.0}
+            "boundary_flips": int((m["_merge"] != "both").sum()), "d_outliers": int((rel > rtol).sum()),
+            "max_rel_d_diff": float(rel.max()) if len(rel) else 0.0,
+            "max_rel_d_diff_without_outliers": float(rel[rel <= rtol].max()) if (rel <= rtol).any() else 0.0}
 
 
 def run_profile(adapter, saes, cells, spec, args, peak: float) -> dict:
+    """Profile of ``AblationEngine.run_cells`` on the first ``--profile-cells`` cells with the
+    trace's plan (compat reference: TopK-support firing), null off then null on."""
     from sccircuits.trace.engine import AblationEngine, TracePlan
 
     targets = {s: [t for t in sorted(saes) if t > s] for s in spec}
-    plan = TracePlan({s: np.asarray(f, np.int64) for s, f in spec.items()}, targets, null=False,
-                     batch_size=args.batch_size, clean_batch_size=args.clean_batch_size)
-    engine = AblationEngine(adapter, saes, plan)
     idx = list(range(min(args.profile_cells, len(cells))))
-    engine.run_cells(cells, idx[:1])  # warm-up
-    p = profile(engine, cells, idx, 4 * args.d_model)
-    wall = p["wall_s"]
-    total_flops = sum(v[1] for v in p["categories"].values())
-    print(f"\nprofile: {len(idx)} cells, null off, {wall:.2f} s wall (load {load()}); "
-          f"{total_flops / 1e9:.1f} GFLOP = {total_flops / wall / 1e9:.1f} GFLOP/s "
-          f"= {100 * total_flops / wall / 1e9 / peak:.0f}% of the measured matmul peak")
-    print("| part | time s | share | GFLOP | GFLOP/s in part |\n|---|---|---|---|---|")
-    for cat, (sec, fl) in sorted(p["categories"].items(), key=lambda kv: -kv[1][0]):
-        rate = f"{fl / sec / 1e9:.0f}" if fl and sec else ""
-        print(f"| {cat} | {sec:.2f} | {100 * sec / wall:.0f}% | {fl / 1e9:.1f} | {rate} |")
-    return {"cells": len(idx), "wall_s": wall, "gflop": total_flops / 1e9,
+    out = {}
+    for null in (False, True):
+        plan = TracePlan({s: np.asarray(f, np.int64) for s, f in spec.items()}, targets, null=null,
+                         batch_size=args.batch_size, clean_batch_size=args.clean_batch_size, support_active=True)
+        engine = AblationEngine(adapter, saes, plan)
+        engine.run_cells(cells, idx[:1])  # warm-up
+        p = profile(engine, cells, idx, 4 * args.d_model)
+        wall = p["wall_s"]
+        total_flops = sum(v[1] for v in p["categories"].values())
+        name = "null on" if null else "null off"
+        print(f"\nprofile: {len(idx)} cells, {name}, {wall:.2f} s wall (load {load()}); "
+              f"{total_flops / 1e9:.1f} GFLOP = {total_flops / wall / 1e9:.1f} GFLOP/s "
+              f"= {100 * total_flops / wall / 1e9 / peak:.0f}% of the measured matmul peak")
+        print("| part | time s | share | GFLOP | GFLOP/s in part |\n|---|---|---|---|---|")
+        for cat, (sec, fl) in sorted(p["categories"].items(), key=lambda kv: -kv[1][0]):
+            rate = f"{fl / sec / 1e9:.0f}" if fl and sec else ""
+            print(f"| {cat} | {sec:.2f} | {100 * sec / wall:.0f}% | {fl / 1e9:.1f} | {rate} |")
+        out["null_on" if null else "null_off"] = {
+            "cells": len(idx), "wall_s": wall, "gflop": total_flops / 1e9,
+            "fraction_of_matmul_peak": total_flops / wall / 1e9 / peak,
             "categories": {k: {"s": v[0], "gflop": v[1] / 1e9} for k, v in p["categories"].items()}}
+    return out
 
 
 def _cpu_name() -> str:
