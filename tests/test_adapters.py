@@ -105,6 +105,29 @@ def test_last_block_at_query_positions_equals_the_full_block(adapter, padded):
             torch.testing.assert_close(out[layer], clean[layer], atol=ATOL, rtol=0)
 
 
+def test_blocks_are_bit_equal_across_thread_counts(adapter, padded):
+    """A Ray worker and a local run use different torch thread counts and must give bit-equal
+    statistics: full blocks and blocks at a few query positions (torch's CPU attention kernel
+    changes its reduction with the thread count below 32 queries) do not depend on it."""
+    n = adapter.n_layers
+    queries = torch.zeros(len(padded.attention_mask), 3, dtype=torch.long)
+    queries[:, 1], queries[:, 2] = 1, 2
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            h = adapter.hidden_states(padded, [0])[0]
+            outs.append((adapter.run_from(0, h, padded, until=n - 1), adapter.run_from(0, h, padded, until=n - 1,
+                                                                                      queries=queries)))
+    finally:
+        torch.set_num_threads(threads)
+    for full, few in outs[1:]:
+        for layer in full:
+            assert torch.equal(full[layer], outs[0][0][layer]), layer
+            assert torch.equal(few[layer], outs[0][1][layer]), layer
+
+
 def test_patch_changes_only_its_cell_and_later_layers(adapter, padded):
     clean = adapter.hidden_states(padded, range(adapter.n_layers))
     patched = clean[1].clone()

@@ -138,6 +138,23 @@ class PostLNBlock:
     activation: Callable[[torch.Tensor], torch.Tensor]
 
 
+SDPA_MIN_QUERIES = 32
+"""With fewer queries than this, torch's CPU flash-attention kernel (torch 2.13) takes a path whose
+result depends on the number of torch threads (last-bit differences): a Ray worker and a local
+run would then disagree. :func:`_attention` zero-pads the queries up to this count (a query row's
+output does not depend on the other rows), which gives bit-equal outputs for every thread count."""
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``scaled_dot_product_attention`` (B, heads, Q, d_head) with at least
+    :data:`SDPA_MIN_QUERIES` queries on CPU (see there); returns the rows of the real queries."""
+    n = q.shape[-2]
+    if n >= SDPA_MIN_QUERIES or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    q = F.pad(q, (0, 0, 0, SDPA_MIN_QUERIES - n))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[..., :n, :]
+
+
 def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tensor | None,
                       queries: torch.Tensor | None = None) -> torch.Tensor:
     """Output of ``block`` on ``x`` (B, L, d); ``key_mask`` (B, L) bool, True at real tokens
@@ -149,8 +166,7 @@ def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tenso
     xq = x if queries is None else torch.gather(x, 1, queries[..., None].expand(-1, -1, d))
     heads = lambda t: t.view(B, -1, block.n_heads, d // block.n_heads).transpose(1, 2)  # noqa: E731
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    att = F.scaled_dot_product_attention(heads(F.linear(xq, *block.q)), heads(F.linear(x, *block.k)),
-                                         heads(F.linear(x, *block.v)), attn_mask=mask)
+    att = _attention(heads(F.linear(xq, *block.q)), heads(F.linear(x, *block.k)), heads(F.linear(x, *block.v)), mask)
     h = F.linear(att.transpose(1, 2).reshape(B, -1, d), *block.out)
     h = F.layer_norm(h.add_(xq), (d,), *block.norm1)  # in place on fresh tensors: no extra copies
     mlp = F.linear(block.activation(F.linear(h, *block.ffn_in)), *block.ffn_out)
