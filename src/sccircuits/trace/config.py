@@ -47,7 +47,7 @@ class TraceConfig:
     dtype: str | None = compat_option("float32", "float32", "model dtype (float32, bfloat16, float16); SAEs always encode in float32")
     batch_size: int = option(16, "ablated sequences (rows) per forward pass (bounds memory)")
     clean_batch_size: int | None = option(None, "cells per clean forward pass (default: batch_size); the ablated rows of "
-                                                "these cells are sorted by length and cut into batch_size rows")
+                                                "these cells (cells sorted by length) are cut into forwards of batch_size rows")
     threads: int | None = option(None, "torch CPU threads for the trace (default: torch's own, one per physical core)")
     encode_chunk: int = option(8192, "positions per SAE encode call (bounds memory)")
     checkpoint_every: int = option(50, "cells per block: statistics are checkpointed after each block")

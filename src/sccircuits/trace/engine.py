@@ -8,16 +8,20 @@ each downstream layer ``t`` the observation is the mean over those positions of
 
 How it computes it, without changing the result:
 
-* one clean pass per batch of cells gives the hidden states of every needed layer;
+* one clean pass per batch of ``clean_batch_size`` cells gives the hidden states of every
+  needed layer;
 * each source layer continues from its own cached state (``adapter.run_from``), so layers
   ``<= s`` are never recomputed;
 * every (cell, active feature) pair of a batch becomes one row of a batched forward: the
   cell's row is replicated per feature, ``batch_size`` rows per forward (bounded memory);
   cells in a batch have similar length (sorted by length inside a block);
-* clean downstream states are encoded once per cell, only at positions where some traced
-  feature fires, and kept sparse (the k nonzeros of a TopK code);
-* ablated states are encoded only at the positions that are averaged; per-row means are
-  scatter-adds (no Python loop over positions).
+* each target layer is encoded as soon as its block has run, only at the averaged positions,
+  and the last block a source needs computes its queries, attention output and MLP only there
+  (keys and values at every position: :func:`~sccircuits.models.base.run_post_ln_block`);
+* codes stay sparse (the k kept latents per position): a row's observation is the float64
+  segment sum (``index_add_``) of its ablated codes minus the segment sum of the clean codes,
+  computed once per (cell, feature or null draw); no dense (positions x d_sae) code is built;
+* null rows take exactly this path too; only their perturbation differs (:meth:`_null_deltas`).
 
 "Fires" means z > 0 by default. With ``support_active`` (``--compat reference``) it means "in
 the SAE's top-k support", as in the published tracer, even where the ReLU'd value is 0: such a
@@ -26,7 +30,7 @@ enters the mean), and a cell whose only active positions have z = 0 gets an exac
 observation (the published ablated pass equals its clean pass there).
 
 Optionally a *null* runs beside the real ablations (:func:`null_templates`,
-:meth:`AblationEngine._null_directions`): per source layer, ``K`` null pseudo-sources. Null
+:meth:`AblationEngine._null_deltas`): per source layer, ``K`` null pseudo-sources. Null
 ``k`` borrows the activation pattern of one traced *template* feature (its positions and per
 position norm ``z * ||W_dec[template]||``) but removes, at each position, the decoder direction of
 another feature that is active there (data-matched: a direction the stream really carries;

@@ -168,6 +168,7 @@ def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> di
     engine.run_cells(cells, pick[:1])  # warm-up (allocations, kernels)
 
     sub = _SubsetSetup(setup, pick)
+    firing_counts(sub, progress=False)  # warm-up of the clean passes alone (their first call pays one-time costs)
     active, null_active, clean_timing = firing_counts(sub, progress=progress)
     counts = count_passes(lengths[pick], active, len(pick), len(pick), cfg.batch_size,
                           null_active if cfg.null_ablation else None, cfg.cells_per_clean_pass)
