@@ -215,7 +215,7 @@ MEMORY_FORMULA = (
     "source layer, T = most target layers of a source layer, K = kinds (1, or 2 with the null), S = source layers, "
     "P = encode_chunk, Q = max(1, P // 16): "
     "model = params*b; saes = sum over layers used (2*d*D + D + 3*d)*4; accumulators = sum over (source, target) "
-    "K*F*D*36; clean_batch = C*L*d*b*layers_kept + C*L*(5*d + d_ff)*b; ablation_pass = B*L*d*(2*b + 4) + "
+    "K*F*D*36; clean_batch = C*L*d*b*layers_kept + C*L*(5*d + d_ff)*b; ablation_pass = B*L*d*(b + 8) + "
     "B*L*(5*d + d_ff)*b; encode = P*D*8; job_sums = C*F*D*8*(3*K*T + 4); null (K = 2 only) = S*d*D*4 + Q*D*48 + B*D*8")
 """The formula of :func:`memory_estimate` in one line (the trace manifest records it)."""
 
@@ -237,9 +237,10 @@ def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dty
       most F draws);
     * ``clean_batch``: the kept clean states ``C L d b x layers`` plus one block's working set
       ``C L (5 d + d_ff) b`` (input, q, k, v, attention output, FFN intermediate);
-    * ``ablation_pass``: ``B L d (2 b + 4)`` (float32 perturbed input, the current state) plus one
-      block's working set ``B L (5 d + d_ff) b``; attention is a fused kernel (no L x L scores;
-      measured on CPU for torch's SDPA with a padding mask);
+    * ``ablation_pass``: ``B L d (b + 8)`` (a float32 copy of the rows, the float32 perturbation,
+      then the state in the model dtype) plus one block's working set ``B L (5 d + d_ff) b``;
+      attention is a fused kernel (no L x L scores; measured on CPU for torch's SDPA with a
+      padding mask);
     * ``encode``: ``encode_chunk x D`` float32 pre-activations, twice (top-k scratch); the codes
       themselves are kept sparse (k per position);
     * ``job_sums``: per job of one clean batch (at most ``K C F``) and target, the float64 clean
@@ -269,7 +270,7 @@ def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dty
         "saes": sae_bytes,
         "accumulators": acc,
         "clean_batch": C * L * d_model * n_layers_kept * b + working(C),
-        "ablation_pass": batch_size * L * d_model * (2 * b + 4) + working(batch_size),
+        "ablation_pass": batch_size * L * d_model * (b + 8) + working(batch_size),
         "encode": encode_chunk * D * 4 * 2,
         "job_sums": C * F * D * 8 * (3 * n_kinds * n_targets_max + 4),
         "null": null,
