@@ -37,7 +37,6 @@ Input modes of :meth:`ScGPTAdapter.tokenize`:
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
