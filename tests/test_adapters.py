@@ -3,7 +3,8 @@
 What the tracer and the extractor rely on from any model (``models/base.py``): layer
 numbering (-1 = embedding output, 0..n-1 = block outputs), the same range checks, a pass
 resumed with ``run_from`` equal to a clean pass, hidden states of a cell independent of the
-padding its batch needs, and the adapter's dtype and device on every output.
+padding its batch needs, the last block computed at query positions only equal to the full
+block there, and the adapter's dtype and device on every output.
 """
 
 from __future__ import annotations
@@ -85,6 +86,46 @@ def test_run_from_equals_the_clean_pass(adapter, padded):
     part = adapter.run_from(0, clean[0], padded, until=2, layers=[2])
     assert list(part) == [2]
     torch.testing.assert_close(part[2], clean[2], atol=ATOL, rtol=0)
+
+
+def test_last_block_at_query_positions_equals_the_full_block(adapter, padded):
+    """The tracer computes its last needed block only at the averaged positions (queries);
+    keys and values still come from every position, so those rows equal the full pass."""
+    n = adapter.n_layers
+    clean = adapter.hidden_states(padded, range(n))
+    lengths = padded.attention_mask.sum(1)
+    g = torch.Generator().manual_seed(0)
+    queries = torch.stack([torch.randint(0, int(l), (5,), generator=g) for l in lengths])  # (B, 5), repeats allowed
+    for s, until in ((0, n - 1), (1, 2), (n - 2, n - 1)):
+        out = adapter.run_from(s, clean[s], padded, until=until, queries=queries)
+        assert out[until].shape == (len(queries), 5, adapter.d_model)
+        want = torch.gather(clean[until], 1, queries[..., None].expand(-1, -1, adapter.d_model))
+        torch.testing.assert_close(out[until], want, atol=ATOL, rtol=0)
+        for layer in range(s + 1, until):  # earlier blocks stay full
+            torch.testing.assert_close(out[layer], clean[layer], atol=ATOL, rtol=0)
+
+
+def test_blocks_are_bit_equal_across_thread_counts(adapter, padded):
+    """A Ray worker and a local run use different torch thread counts and must give bit-equal
+    statistics: full blocks and blocks at a few query positions (torch's CPU attention kernel
+    changes its reduction with the thread count below 32 queries) do not depend on it."""
+    n = adapter.n_layers
+    queries = torch.zeros(len(padded.attention_mask), 3, dtype=torch.long)
+    queries[:, 1], queries[:, 2] = 1, 2
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            h = adapter.hidden_states(padded, [0])[0]
+            outs.append((adapter.run_from(0, h, padded, until=n - 1), adapter.run_from(0, h, padded, until=n - 1,
+                                                                                      queries=queries)))
+    finally:
+        torch.set_num_threads(threads)
+    for full, few in outs[1:]:
+        for layer in full:
+            assert torch.equal(full[layer], outs[0][0][layer]), layer
+            assert torch.equal(few[layer], outs[0][1][layer]), layer
 
 
 def test_patch_changes_only_its_cell_and_later_layers(adapter, padded):

@@ -39,18 +39,25 @@ def test_count_passes_by_hand():
     assert c.clean_forward_passes == 3 and c.ablation_forward_passes == {0: 3}
 
 
-def test_plan_counts_equal_trace_manifest(inputs, tmp_path):
-    report = plan_trace(**inputs, calibrate_cells=2, progress=False, **OPTS)
-    trace(**inputs, out=tmp_path / "run", progress=False, **OPTS)
+@pytest.mark.parametrize("clean_batch_size", [None, 2])
+def test_plan_counts_equal_trace_manifest(inputs, tmp_path, clean_batch_size):
+    opts = {**OPTS, "clean_batch_size": clean_batch_size}
+    report = plan_trace(**inputs, calibrate_cells=2, progress=False, **opts)
+    trace(**inputs, out=tmp_path / "run", progress=False, **opts)
     metrics = RunDir(tmp_path / "run", create=False).stage("trace")["metrics"]
     for key, value in report.passes.totals().items():
         assert value == metrics[key], key
     assert report.passes.exact and report.estimated_seconds > 0
+    # the manifest records the memory bound, its formula and the shape it was evaluated at
+    mem, shape = metrics["memory_estimate_mib"], metrics["memory_estimate_shape"]
+    assert mem["total"] == pytest.approx(sum(v for k, v in mem.items() if k != "total"), abs=0.5) and mem["total"] > 0
+    assert shape["B"] == OPTS["batch_size"] and shape["C"] == (clean_batch_size or OPTS["batch_size"]) and shape["K"] == 2
+    assert "B = batch_size" in metrics["memory_estimate_formula"]
     assert report.calibration["ablated_s_per_token"] > 0
     text = str(report)
     assert f"clean: {metrics['clean_forward_passes']}" in text and "peak memory" in text
     # the upper bound (no firing pass) is never below the real counts
-    bound = plan_trace(**inputs, firing=False, calibrate_cells=0, progress=False, **OPTS)
+    bound = plan_trace(**inputs, firing=False, calibrate_cells=0, progress=False, **opts)
     assert not bound.passes.exact and "UPPER BOUND" in str(bound)
     for key, value in bound.passes.totals().items():
         assert value >= metrics[key], key
@@ -65,9 +72,16 @@ def test_memory_estimate_components():
     assert m32["model"] == 4000 and m16["model"] == 2000
     assert m32["accumulators"] == 3 * 2 * 5 * 16 * 36  # 3 (s, t) pairs x 2 kinds x F x T x 36 bytes
     assert m32["saes"] == 3 * (2 * 8 * 16 + 16 + 24) * 4
-    assert m32["encode"] == 100 * 16 * 12
+    assert m32["encode"] == 100 * 16 * 8  # float32 pre-activations + top-k scratch; codes stay sparse
+    assert m32["job_sums"] == 4 * 5 * 16 * 8 * (3 * 2 * 2 + 4)  # C F D x float64 x (3 K T + 4)
+    # the null's decoder rows (per source layer), its stepped direction choice and its random rankings
+    assert m32["null"] == 2 * 8 * 16 * 4 + max(1, 100 // 16) * 16 * 48 + 4 * 16 * 8
+    assert memory_estimate(dtype="float32", **{**kw, "n_kinds": 1})["null"] == 0
     bigger = memory_estimate(dtype="float32", **{**kw, "batch_size": 8})
-    assert bigger["clean_batch"] > m32["clean_batch"]
+    assert bigger["clean_batch"] > m32["clean_batch"] and bigger["ablation_pass"] > m32["ablation_pass"]
+    # the two knobs are separate: more cells per clean pass leave the ablation pass alone
+    more_cells = memory_estimate(dtype="float32", **{**kw, "clean_batch_size": 16})
+    assert more_cells["clean_batch"] > m32["clean_batch"] and more_cells["ablation_pass"] == m32["ablation_pass"]
 
 
 def test_suggest_batch_size():

@@ -9,10 +9,11 @@ are 0-based transformer blocks: "layer l" is the *output* of block l (Hugging Fa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -110,19 +111,82 @@ def check_layers(layers: Sequence[int], low: int, high: int) -> list[int]:
     return layers
 
 
+@dataclass(frozen=True)
+class PostLNBlock:
+    """One post-LayerNorm transformer encoder block as plain tensors (views of the model's own
+    parameters, nothing copied): BERT's ``BertLayer`` (Geneformer) and scGPT's
+    ``EncoderLayer`` are both this block::
+
+        h   = LayerNorm1(x + out(attention(q(x), k(x), v(x))))
+        out = LayerNorm2(h + ffn_out(activation(ffn_in(h))))
+
+    Each linear map is a ``(weight (d_out, d_in), bias)`` pair; each LayerNorm is
+    ``(weight, bias, eps)``; ``activation`` may work in place (it only ever gets a fresh
+    tensor). Built on every call from the live modules, so weights edited in place are always
+    seen.
+    """
+
+    q: tuple[torch.Tensor, torch.Tensor]
+    k: tuple[torch.Tensor, torch.Tensor]
+    v: tuple[torch.Tensor, torch.Tensor]
+    out: tuple[torch.Tensor, torch.Tensor]
+    norm1: tuple[torch.Tensor, torch.Tensor, float]
+    ffn_in: tuple[torch.Tensor, torch.Tensor]
+    ffn_out: tuple[torch.Tensor, torch.Tensor]
+    norm2: tuple[torch.Tensor, torch.Tensor, float]
+    n_heads: int
+    activation: Callable[[torch.Tensor], torch.Tensor]
+
+
+SDPA_MIN_QUERIES = 32
+"""With fewer queries than this, torch's CPU flash-attention kernel (torch 2.13) takes a path whose
+result depends on the number of torch threads (last-bit differences): a Ray worker and a local
+run would then disagree. :func:`_attention` zero-pads the queries up to this count (a query row's
+output does not depend on the other rows), which gives bit-equal outputs for every thread count."""
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``scaled_dot_product_attention`` (B, heads, Q, d_head) with at least
+    :data:`SDPA_MIN_QUERIES` queries on CPU (see there); returns the rows of the real queries."""
+    n = q.shape[-2]
+    if n >= SDPA_MIN_QUERIES or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    q = F.pad(q, (0, 0, 0, SDPA_MIN_QUERIES - n))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[..., :n, :]
+
+
+def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tensor | None,
+                      queries: torch.Tensor | None = None) -> torch.Tensor:
+    """Output of ``block`` on ``x`` (B, L, d); ``key_mask`` (B, L) bool, True at real tokens
+    (None: no padding). With ``queries`` (B, Q) int64 positions, only those positions are
+    computed (their queries, attention output, MLP): keys and values still come from every
+    position, so the result equals the full block's output at those positions; returns (B, Q, d).
+    """
+    B, _, d = x.shape
+    xq = x if queries is None else torch.gather(x, 1, queries[..., None].expand(-1, -1, d))
+    heads = lambda t: t.view(B, -1, block.n_heads, d // block.n_heads).transpose(1, 2)  # noqa: E731
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    att = _attention(heads(F.linear(xq, *block.q)), heads(F.linear(x, *block.k)), heads(F.linear(x, *block.v)), mask)
+    h = F.linear(att.transpose(1, 2).reshape(B, -1, d), *block.out)
+    h = F.layer_norm(h.add_(xq), (d,), *block.norm1)  # in place on fresh tensors: no extra copies
+    mlp = F.linear(block.activation(F.linear(h, *block.ffn_in)), *block.ffn_out)
+    return F.layer_norm(mlp.add_(h), (d,), *block.norm2)
+
+
 class BlockRunner:
-    """Forward passes shared by both adapters, written once over three model-specific hooks.
+    """Forward passes shared by both adapters, written once over two model-specific hooks.
 
     A subclass sets ``n_layers``, ``device`` and ``dtype`` and implements:
 
     * :meth:`embed` (batch -> the embedding output, "layer -1", (B, L, d)),
-    * :meth:`attention_context` (what every block needs besides its input: the attention mask
-      in the model's own form),
-    * :meth:`block` (run block ``l`` on its input).
+    * :meth:`post_ln_block` (block ``l``'s weights as a :class:`PostLNBlock`).
 
-    :meth:`hidden_states` and :meth:`run_from` then follow the layer convention of the module
-    docstring with the same checks for both models, so a resumed pass runs exactly the blocks a
-    clean pass runs after ``layer`` (this is what makes ``run_from`` equal a clean pass).
+    Every block is run by :func:`run_post_ln_block` (SDPA with the padding key mask), so both
+    models share one implementation, and the tracer can compute the last block it needs at
+    selected positions only (``run_from(..., queries=)``). :meth:`hidden_states` and
+    :meth:`run_from` follow the layer convention of the module docstring with the same checks
+    for both models, so a resumed pass runs exactly the blocks a clean pass runs after
+    ``layer`` (this is what makes ``run_from`` equal a clean pass).
     """
 
     n_layers: int
@@ -133,21 +197,23 @@ class BlockRunner:
         """The embedding output (the input of block 0), (B, L, d) in the adapter's dtype."""
         raise NotImplementedError
 
-    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch):
-        """The attention mask every block of this model takes for ``batch``."""
+    def post_ln_block(self, layer: int) -> PostLNBlock:
+        """Block ``layer`` as a :class:`PostLNBlock` (views of the live weights)."""
         raise NotImplementedError
 
-    def block(self, layer: int, x: torch.Tensor, context) -> torch.Tensor:
-        """Output of block ``layer`` for input ``x``."""
-        raise NotImplementedError
+    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor | None:
+        """The key mask every block takes (True = real token); None when nothing is padded."""
+        att = batch.attention_mask.to(hidden.device)
+        return None if bool(att.all()) else att
 
     def run_blocks(self, x: torch.Tensor, context, start: int, stop: int,
-                   keep: set[int] | None = None) -> dict[int, torch.Tensor]:
+                   keep: set[int] | None = None, queries: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Blocks ``start .. stop-1`` on ``x`` (the input of block ``start``); {l: output of
-        block l} for l in ``keep`` (every block run when None)."""
+        block l} for l in ``keep`` (every block run when None). With ``queries`` the last block
+        is computed only at those positions (see :func:`run_post_ln_block`)."""
         out = {}
         for l in range(start, stop):
-            x = self.block(l, x, context)
+            x = run_post_ln_block(self.post_ln_block(l), x, context, queries if l == stop - 1 else None)
             if keep is None or l in keep:
                 out[l] = x
         return out
@@ -165,17 +231,19 @@ class BlockRunner:
 
     @torch.no_grad()
     def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch, until: int | None = None,
-                 layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+                 layers: Sequence[int] | None = None, queries: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Continue from ``hidden`` = output of ``layer`` (-1: the embedding output) through
         blocks ``layer+1 .. until`` (default: the last); {l: (B, L, d)} for ``layers`` (default:
         every block run). Blocks <= ``layer`` are never run; ``hidden`` is moved to the
-        adapter's device and dtype first."""
+        adapter's device and dtype first. With ``queries`` ((B, Q) int64 positions) block
+        ``until`` is computed only there (keys and values still at every position) and its
+        entry is (B, Q, d)."""
         until = self.n_layers - 1 if until is None else int(until)
         if not -1 <= layer <= until < self.n_layers:
             raise ValueError(f"need -1 <= layer ({layer}) <= until ({until}) < {self.n_layers}")
         keep = None if layers is None else set(check_layers(layers, layer + 1, until))
         hidden = hidden.to(device=self.device, dtype=self.dtype)
-        return self.run_blocks(hidden, self.attention_context(hidden, batch), layer + 1, until + 1, keep)
+        return self.run_blocks(hidden, self.attention_context(hidden, batch), layer + 1, until + 1, keep, queries)
 
 
 @runtime_checkable
@@ -199,10 +267,12 @@ class ModelAdapter(Protocol):
         """Clean forward pass: {layer: (B, L, d) output of that layer} for the given layers."""
 
     def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch,
-                 until: int | None = None, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+                 until: int | None = None, layers: Sequence[int] | None = None,
+                 queries: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Continue the forward pass from ``hidden`` (the output of ``layer``) through the
         blocks ``layer+1 .. until`` (default: the last); returns {l: (B, L, d)} for ``layers``
-        (default: every layer computed). Blocks <= ``layer`` are never run."""
+        (default: every layer computed). Blocks <= ``layer`` are never run. With ``queries``
+        ((B, Q) positions) block ``until`` is computed only there and its entry is (B, Q, d)."""
 
     def token_symbols(self) -> dict[int, str]:
         """Token id -> gene symbol (falls back to the gene id when no symbol is known)."""

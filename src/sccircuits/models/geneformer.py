@@ -43,7 +43,7 @@ import torch
 
 from ..data import counts_matrix, gene_identifiers, looks_like_ensembl, warn_duplicates
 from ..errors import InputError
-from .base import BlockRunner, resolve_dtype, TokenBatch, TokenizedCells, collate
+from .base import BlockRunner, PostLNBlock, resolve_dtype, TokenBatch, TokenizedCells, collate
 from .pickles import load_dictionary
 
 V2_SPECIALS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
@@ -347,16 +347,18 @@ class GeneformerAdapter(BlockRunner):
         """Padded batch of the cells ``idx`` on the adapter's device."""
         return collate(cells, idx, self.pad_id).to(self.device)
 
-    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch):
-        """The attention mask Hugging Face's BertModel gives its layers for this batch."""
-        from transformers.masking_utils import create_bidirectional_mask
-
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden,
-                                         attention_mask=batch.attention_mask.to(hidden.device).long())
-
-    def block(self, layer: int, x: torch.Tensor, context) -> torch.Tensor:
-        """Output of ``BertLayer`` number ``layer``."""
-        return self.bert.encoder.layer[layer](x, context)
+    def post_ln_block(self, layer: int) -> PostLNBlock:
+        """``BertLayer`` number ``layer`` as a :class:`PostLNBlock` (views of its weights)."""
+        lay = self.bert.encoder.layer[layer]
+        att, inter, out = lay.attention, lay.intermediate, lay.output
+        sa, act = att.self, inter.intermediate_act_fn
+        return PostLNBlock(
+            q=(sa.query.weight, sa.query.bias), k=(sa.key.weight, sa.key.bias), v=(sa.value.weight, sa.value.bias),
+            out=(att.output.dense.weight, att.output.dense.bias),
+            norm1=(att.output.LayerNorm.weight, att.output.LayerNorm.bias, att.output.LayerNorm.eps),
+            ffn_in=(inter.dense.weight, inter.dense.bias), ffn_out=(out.dense.weight, out.dense.bias),
+            norm2=(out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps), n_heads=sa.num_attention_heads,
+            activation=torch.relu_ if isinstance(act, torch.nn.ReLU) else act)
 
     @torch.no_grad()
     def embed(self, batch: TokenBatch) -> torch.Tensor:

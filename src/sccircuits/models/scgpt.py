@@ -37,7 +37,6 @@ Input modes of :meth:`ScGPTAdapter.tokenize`:
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from torch import nn
 
 from ..data import counts_matrix, gene_identifiers, warn_duplicates
 from ..errors import InputError
-from .base import BlockRunner, resolve_dtype, TokenBatch, TokenizedCells, collate
+from .base import BlockRunner, PostLNBlock, resolve_dtype, TokenBatch, TokenizedCells, collate
 from .pickles import torch_load_refusal
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
@@ -511,14 +510,16 @@ class ScGPTAdapter(BlockRunner):
         """Padded batch of the cells ``idx`` (pad id / pad value of the model) on the device."""
         return collate(cells, idx, self.pad_id, self.pad_value).to(self.device)
 
-    def attention_context(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor | None:
-        """Attention key mask (True = real token); None when the batch has no padding."""
-        att = batch.attention_mask.to(hidden.device)
-        return None if bool(att.all()) else att
-
-    def block(self, layer: int, x: torch.Tensor, context) -> torch.Tensor:
-        """Output of transformer block ``layer``."""
-        return self.model.transformer_encoder.layers[layer](x, context)
+    def post_ln_block(self, layer: int) -> PostLNBlock:
+        """Transformer block ``layer`` as a :class:`PostLNBlock` (views of its weights)."""
+        lay = self.model.transformer_encoder.layers[layer]
+        att, d = lay.self_attn, self.d_model
+        w, b = att.in_proj_weight, att.in_proj_bias
+        return PostLNBlock(
+            q=(w[:d], b[:d]), k=(w[d:2 * d], b[d:2 * d]), v=(w[2 * d:], b[2 * d:]),
+            out=(att.out_proj.weight, att.out_proj.bias), norm1=(lay.norm1.weight, lay.norm1.bias, lay.norm1.eps),
+            ffn_in=(lay.linear1.weight, lay.linear1.bias), ffn_out=(lay.linear2.weight, lay.linear2.bias),
+            norm2=(lay.norm2.weight, lay.norm2.bias, lay.norm2.eps), n_heads=att.n_heads, activation=torch.relu_)
 
     @torch.no_grad()
     def embed(self, batch: TokenBatch) -> torch.Tensor:

@@ -45,7 +45,10 @@ class TraceConfig:
     max_length: int | None = option(None, "tokens per cell (default: the run's extract option, else the model's limit)")
     device: str = option("cpu", "torch device")
     dtype: str | None = compat_option("float32", "float32", "model dtype (float32, bfloat16, float16); SAEs always encode in float32")
-    batch_size: int = option(16, "ablated sequences per forward pass (bounds memory); also cells per clean pass")
+    batch_size: int = option(16, "ablated sequences (rows) per forward pass (bounds memory)")
+    clean_batch_size: int | None = option(None, "cells per clean forward pass (default: batch_size); the ablated rows of "
+                                                "these cells (cells sorted by length) are cut into forwards of batch_size rows")
+    threads: int | None = option(None, "torch CPU threads for the trace (default: torch's own, one per physical core)")
     encode_chunk: int = option(8192, "positions per SAE encode call (bounds memory)")
     checkpoint_every: int = option(50, "cells per block: statistics are checkpointed after each block")
     shard: str = option("0/1", "i/n: trace only the i-th of n contiguous parts of the cells (merge later)")
@@ -77,6 +80,8 @@ class TraceConfig:
         check(self.n_features >= 1, "n_features must be >= 1")
         check(self.n_cells >= 1, "n_cells must be >= 1")
         check(self.batch_size >= 1, "batch_size must be >= 1")
+        check(self.clean_batch_size is None or self.clean_batch_size >= 1, "clean_batch_size must be >= 1")
+        check(self.threads is None or self.threads >= 1, "threads must be >= 1")
         check(self.encode_chunk >= 1, "encode_chunk must be >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         check(self.min_cells >= 2, "min_cells must be >= 2 (a standard deviation needs two cells)")
@@ -96,6 +101,10 @@ class TraceConfig:
         if self.features:
             parse_feature_spec(self.features)  # syntax check: a bad spec fails before any work
         _parse_shard(self.shard)  # validates the shard string
+
+    @property
+    def cells_per_clean_pass(self) -> int:
+        return self.clean_batch_size or self.batch_size
 
     @property
     def shard_index(self) -> int:

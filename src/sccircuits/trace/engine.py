@@ -8,16 +8,20 @@ each downstream layer ``t`` the observation is the mean over those positions of
 
 How it computes it, without changing the result:
 
-* one clean pass per batch of cells gives the hidden states of every needed layer;
+* one clean pass per batch of ``clean_batch_size`` cells gives the hidden states of every
+  needed layer;
 * each source layer continues from its own cached state (``adapter.run_from``), so layers
   ``<= s`` are never recomputed;
 * every (cell, active feature) pair of a batch becomes one row of a batched forward: the
   cell's row is replicated per feature, ``batch_size`` rows per forward (bounded memory);
   cells in a batch have similar length (sorted by length inside a block);
-* clean downstream states are encoded once per cell, only at positions where some traced
-  feature fires, and kept sparse (the k nonzeros of a TopK code);
-* ablated states are encoded only at the positions that are averaged; per-row means are
-  scatter-adds (no Python loop over positions).
+* each target layer is encoded as soon as its block has run, only at the averaged positions,
+  and the last block a source needs computes its queries, attention output and MLP only there
+  (keys and values at every position: :func:`~sccircuits.models.base.run_post_ln_block`);
+* codes stay sparse (the k kept latents per position): a row's observation is the float64
+  segment sum (``index_add_``) of its ablated codes minus the segment sum of the clean codes,
+  computed once per (cell, feature or null draw); no dense (positions x d_sae) code is built;
+* null rows take exactly this path too; only their perturbation differs (:meth:`_null_deltas`).
 
 "Fires" means z > 0 by default. With ``support_active`` (``--compat reference``) it means "in
 the SAE's top-k support", as in the published tracer, even where the ReLU'd value is 0: such a
@@ -26,7 +30,7 @@ enters the mean), and a cell whose only active positions have z = 0 gets an exac
 observation (the published ablated pass equals its clean pass there).
 
 Optionally a *null* runs beside the real ablations (:func:`null_templates`,
-:meth:`AblationEngine._null_directions`): per source layer, ``K`` null pseudo-sources. Null
+:meth:`AblationEngine._null_deltas`): per source layer, ``K`` null pseudo-sources. Null
 ``k`` borrows the activation pattern of one traced *template* feature (its positions and per
 position norm ``z * ||W_dec[template]||``) but removes, at each position, the decoder direction of
 another feature that is active there (data-matched: a direction the stream really carries;
@@ -55,7 +59,10 @@ class TracePlan:
     null: bool = True
     null_seed: int = 0
     batch_size: int = 16
+    """Ablated rows per forward pass."""
     encode_chunk: int = 8192
+    clean_batch_size: int | None = None
+    """Cells per clean forward pass (default: ``batch_size``)."""
     support_active: bool = False
     null_draws: int = 16
     null_budget: float = 0.5
@@ -100,6 +107,13 @@ def null_scores(seed: int, layer: int, draw: int, cell: int, d_sae: int) -> np.n
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(layer), int(draw), int(cell), 2])).random(d_sae)
 
 
+def null_choice_chunk(encode_chunk: int) -> int:
+    """Positions per step of the null-direction choice (its dense (positions, d_sae) float64
+    ranking is the largest temporary of a null draw: 1/16 of an encode chunk keeps it below
+    an encode's own pre-activations)."""
+    return max(1, int(encode_chunk) // 16)
+
+
 def _sub_batch(batch: TokenBatch, rows: torch.Tensor, length: int) -> TokenBatch:
     """Rows ``rows`` of a padded batch, truncated to ``length`` positions (right padding)."""
     cut = lambda x: None if x is None else x[rows, :length]  # noqa: E731
@@ -108,18 +122,26 @@ def _sub_batch(batch: TokenBatch, rows: torch.Tensor, length: int) -> TokenBatch
 
 
 class _SparseCodes:
-    """Clean SAE codes of one layer at selected positions, stored as the nonzeros per row."""
+    """Clean SAE codes of one layer at selected positions, kept sparse: per position the k
+    kept latents (``index``, int64) and their ReLU'd values (``values``, float32), (P, k)."""
 
-    def __init__(self, z: torch.Tensor):
-        width = int((z != 0).sum(1).max().item()) if z.numel() else 0
-        width = max(width, 1)
-        self.values, self.index = torch.topk(z.abs(), width, dim=1)
-        self.values = torch.gather(z, 1, self.index)
-        self.d = z.shape[1]
+    def __init__(self, values: torch.Tensor, index: torch.Tensor, d: int):
+        self.values, self.index, self.d = values, index, d
 
-    def dense(self, rows: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(len(rows), self.d, dtype=self.values.dtype, device=self.values.device)
-        return out.scatter_(1, self.index[rows], self.values[rows])
+    def segment_sums(self, rows: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
+        """(n_seg, d) float64: per segment, the sum of the codes of the positions ``rows``
+        (indices into this code table) that belong to it (``seg``, sorted)."""
+        out = torch.zeros(n_seg * self.d, dtype=torch.float64, device=self.values.device)
+        _add_codes(out, self.values[rows], self.index[rows], seg, self.d)
+        return out.view(n_seg, self.d)
+
+
+def _add_codes(out: torch.Tensor, values: torch.Tensor, index: torch.Tensor, seg: torch.Tensor, d: int) -> None:
+    """Segment sums of sparse codes into the flat float64 ``out`` (n_seg * d):
+    ``out[seg[i] * d + index[i, j]] += values[i, j]``, added in the order of ``i`` (a serial,
+    deterministic ``index_add_``), so equal inputs give bit-equal sums and a latent that is
+    never kept sums to exactly 0. Costs O(P k), not O(P d_sae)."""
+    out.index_add_(0, (seg[:, None] * d + index).reshape(-1), values.reshape(-1).to(torch.float64))
 
 
 class AblationEngine:
@@ -162,27 +184,36 @@ class AblationEngine:
         return Accumulators.empty(self.plan.features, self.plan.targets, self.target_sizes, self.plan.kinds(), nulls)
 
     # -- encoding helpers -----------------------------------------------------------------
-    def _encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def _encode_topk(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse codes of ``x`` (P, d) at ``layer``: (values (P, k) float32 ReLU'd, index (P, k)),
+        ``encode_chunk`` positions at a time (bounded memory; no dense (P, d_sae) code)."""
         sae, chunk = self.saes[layer], self.plan.encode_chunk
-        x = x.to(torch.float32)
-        if len(x) <= chunk:
-            return sae.encode(x)
-        return torch.cat([sae.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        parts = [sae.encode_topk(x[i:i + chunk].to(torch.float32)) for i in range(0, len(x), chunk)]
+        if not parts:
+            k = int(sae.k)
+            return x.new_zeros((0, k), dtype=torch.float32), torch.zeros((0, k), dtype=torch.long, device=x.device)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _encode_columns(self, layer: int, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        chunk = self.plan.encode_chunk
-        parts = [self._encode(layer, x[i:i + chunk])[:, cols] for i in range(0, len(x), chunk)]
-        return torch.cat(parts) if parts else x.new_zeros((0, len(cols)), dtype=torch.float32)
+        """Activations (P, len(cols)) float32 of the latents ``cols`` at ``x`` (P, d)."""
+        values, index = self._encode_topk(layer, x)
+        return ((index[:, :, None] == cols[None, None, :]) * values[:, :, None]).sum(1)
+
+    def _encode_sums(self, layer: int, x: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
+        """(n_seg, d_sae) float64 segment sums of the codes of ``x`` (P, d) (segments ``seg``, sorted),
+        encoded ``encode_chunk`` positions at a time and added in position order."""
+        sae, chunk = self.saes[layer], self.plan.encode_chunk
+        d = int(sae.d_sae)
+        out = torch.zeros(n_seg * d, dtype=torch.float64, device=x.device)
+        for i in range(0, len(x), chunk):
+            values, index = sae.encode_topk(x[i:i + chunk].to(torch.float32))
+            _add_codes(out, values, index, seg[i:i + chunk], d)
+        return out.view(n_seg, d)
 
     def _support_columns(self, layer: int, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(n, len(cols)) bool: is each column in the top-k support of the SAE code of x."""
-        sae, chunk = self.saes[layer], self.plan.encode_chunk
-        parts = []
-        for i in range(0, len(x), chunk):
-            _, idx = sae.encode_topk(x[i:i + chunk].to(torch.float32))
-            support = torch.zeros(len(idx), int(sae.d_sae), dtype=torch.bool, device=idx.device)
-            parts.append(support.scatter_(1, idx, True)[:, cols])
-        return torch.cat(parts) if parts else torch.zeros(0, len(cols), dtype=torch.bool, device=x.device)
+        _, index = self._encode_topk(layer, x)
+        return (index[:, :, None] == cols[None, None, :]).any(1)
 
     # -- one block of cells ---------------------------------------------------------------
     @torch.inference_mode()
@@ -193,7 +224,7 @@ class AblationEngine:
         idx = np.asarray(idx, dtype=np.int64)
         lengths = cells.lengths()[idx]
         order = idx[np.argsort(-lengths, kind="stable")]
-        bs = self.plan.batch_size
+        bs = self.plan.clean_batch_size or self.plan.batch_size
         for start in range(0, len(order), bs):
             batch_idx = [int(i) for i in order[start:start + bs]]
             self._run_batch(cells, batch_idx, acc)
@@ -236,7 +267,7 @@ class AblationEngine:
                     need |= fires[s].any(-1)
             index = torch.full((B, L), -1, dtype=torch.long, device=dev)
             index[need] = torch.arange(int(need.sum()), device=dev)
-            codes[t] = _SparseCodes(self._encode(t, clean[t][need]))
+            codes[t] = _SparseCodes(*self._encode_topk(t, clean[t][need]), self.target_sizes[t])
             pos_index[t] = index
 
         for s in sorted(plan.features):
@@ -253,15 +284,19 @@ class AblationEngine:
         """
         null = self.nulls[s]
         job, pos = torch.nonzero(zf > 0, as_tuple=True)
-        z = self._encode(s, h_s[rows[job], pos])  # full codes at those positions
-        d_sae = z.shape[1]
+        d_sae = int(self.saes[s].d_sae)
         cells = batch.cell_index[rows.cpu()].numpy()
         scores = torch.from_numpy(np.stack([null_scores(self.plan.null_seed, s, int(k), int(c), d_sae)
-                                            for k, c in zip(draws.cpu().numpy(), cells)])).to(z.device)
-        active = z > 0
-        rank = scores[job] + 2.0 * (active & ~null["traced"]) + 1.0 * active
-        rank[torch.arange(len(job), device=z.device), null["templates"][draws[job]]] = -1.0
-        pick = rank.argmax(1)
+                                            for k, c in zip(draws.cpu().numpy(), cells)])).to(zf.device)
+        pick = torch.empty(len(job), dtype=torch.long, device=zf.device)
+        step = null_choice_chunk(self.plan.encode_chunk)  # positions at a time: bounded (positions x d_sae) temporaries
+        for i in range(0, len(job), step):
+            jb = job[i:i + step]
+            z = self.saes[s].encode(h_s[rows[jb], pos[i:i + step]].to(torch.float32))  # full codes at those positions
+            active = z > 0
+            rank = scores[jb] + 2.0 * (active & ~null["traced"]) + 1.0 * active
+            rank[torch.arange(len(jb), device=z.device), null["templates"][draws[jb]]] = -1.0
+            pick[i:i + step] = rank.argmax(1)
         delta = null["unit"][pick] * (zf[job, pos] * null["norms"][draws[job]])[:, None]
         return job, pos, delta
 
@@ -282,15 +317,20 @@ class AblationEngine:
                                                             + -(-n_jobs // bs))
         if n_jobs + n_null == 0:
             return
-        # one flat job list: real jobs then null jobs, in chunks of batch_size rows
+        # one flat job list: real jobs then null jobs (same fast path), in chunks of batch_size rows
         is_null = torch.cat([torch.zeros(n_jobs, dtype=torch.bool), torch.ones(n_null, dtype=torch.bool)])
         all_rows = torch.cat([rows, n_rows])
         all_cols = torch.cat([slots, F + draws])
         sizes_of = torch.cat([self.norms[s], self.nulls[s]["norms"]]) if K else self.norms[s]
+        # per job, the sum of the clean codes over its averaged positions: once per (cell, feature or draw)
+        job_of, pos = torch.nonzero(fs[all_rows, :, all_cols], as_tuple=True)
+        clean_sums = {t: codes[t].segment_sums(pos_index[t][all_rows[job_of], pos], job_of, len(all_rows))
+                      for t in plan.targets[s]}
         kinds = plan.kinds()
         obs: dict[tuple[str, int], list] = {(k, t): [] for k in kinds for t in plan.targets[s]}
         lengths = batch.attention_mask.sum(1)
         for c in range(0, len(all_rows), bs):
+            j = torch.arange(c, min(c + bs, len(all_rows)), device=h_s.device)
             r = all_rows[c:c + bs].to(h_s.device)
             col = all_cols[c:c + bs].to(h_s.device)
             nl = is_null[c:c + bs].to(h_s.device)
@@ -299,30 +339,29 @@ class AblationEngine:
             direction = self.dirs[s][col.clamp(max=F - 1)] * (~nl)[:, None]
             delta = zf[..., None] * direction[:, None, :]
             if bool(nl.any()):
-                j, p, dn = self._null_deltas(s, batch, h_s, r[nl], col[nl] - F, zf[nl])
-                delta[torch.nonzero(nl, as_tuple=True)[0][j], p] = dn
-            hidden = (h_s[r, :Lc].to(torch.float32) - delta).to(h_s.dtype)
-            out = self.adapter.run_from(s, hidden, _sub_batch(batch, r, Lc), until=max(plan.targets[s]),
-                                       layers=plan.targets[s])
+                jn, p, dn = self._null_deltas(s, batch, h_s, r[nl], col[nl] - F, zf[nl])
+                delta[torch.nonzero(nl, as_tuple=True)[0][jn], p] = dn
+            hidden = h_s[:, :Lc].index_select(0, r).to(torch.float32)  # a fresh (J, Lc, d) copy
+            hidden = hidden.sub_(delta).to(h_s.dtype)
+            del delta
+            fired_pos = fs[r, :Lc, col]  # (J, Lc) the positions averaged for each job
+            sums = self._ablated_sums(s, hidden, _sub_batch(batch, r, Lc), fired_pos)
             acc.counters["ablation_forward_passes"] = acc.counters.get("ablation_forward_passes", 0) + 1
             acc.counters["ablated_sequences"] = acc.counters.get("ablated_sequences", 0) + len(r)
-            fired_pos = fs[r, :Lc, col]
-            job_of, pos = torch.nonzero(fired_pos, as_tuple=True)
-            counts = fired_pos.sum(1).to(torch.float64)
+            counts = fired_pos.sum(1).to(torch.float64)[:, None]
             unchanged = (~(zf != 0).any(1)).cpu().numpy()  # support-only jobs: nothing ablated, exact zero observation
             # perturbation size of each job: mean over its positions of the ablation norm
-            size = (zf.sum(1).to(torch.float64) / counts * sizes_of[col].to(torch.float64)).cpu().numpy()
+            size = (zf.sum(1).to(torch.float64) / counts[:, 0] * sizes_of[col].to(torch.float64)).cpu().numpy()
+            nl_np, col_np = nl.cpu().numpy(), col.cpu().numpy()
             for t in plan.targets[s]:
-                sums = self._mean_diff_sums(t, out[t][job_of, pos], pos_index[t][r[job_of], pos], job_of,
-                                            codes[t], len(r))
-                mean = (sums / counts[:, None]).cpu().numpy()
-                d = mean.shape[1] // 2
-                mean[unchanged, :d] = 0.0
-                for kind, m in (("real", ~nl), ("null", nl)):
-                    m = m.cpu().numpy()
+                clean = clean_sums[t][j]
+                mean = ((sums[t] - clean) / counts).cpu().numpy()
+                clean = (clean / counts).cpu().numpy()
+                mean[unchanged] = 0.0
+                for kind, m in (("real", ~nl_np), ("null", nl_np)):
                     if kind in kinds and m.any():
-                        slot = col.cpu().numpy()[m] - (F if kind == "null" else 0)
-                        obs[(kind, t)].append((slot, mean[m, :d], mean[m, d:], size[m]))
+                        slot = col_np[m] - (F if kind == "null" else 0)
+                        obs[(kind, t)].append((slot, mean[m], clean[m], size[m]))
         for (kind, t), parts in obs.items():
             if not parts:
                 continue
@@ -330,18 +369,29 @@ class AblationEngine:
             stats = PairStats.from_observations(slot, mean, F if kind == "real" else K, clean, size)
             acc.pairs[(kind, s, t)] = acc.pairs[(kind, s, t)].merge(stats)
 
-    def _mean_diff_sums(self, t: int, h_abl: torch.Tensor, clean_rows: torch.Tensor, job_of: torch.Tensor,
-                        codes: _SparseCodes, n_rows: int) -> torch.Tensor:
-        """Per job, the sums over its fired positions of encode(ablated) - encode(clean) and of
-        encode(clean), side by side (float64, (jobs, 2 T))."""
-        sums = torch.zeros(n_rows, 2 * codes.d, dtype=torch.float64, device=h_abl.device)
-        chunk = self.plan.encode_chunk
-        rows = torch.arange(n_rows, device=h_abl.device)
-        for i in range(0, len(h_abl), chunk):
-            za = self._encode(t, h_abl[i:i + chunk])
-            zc = codes.dense(clean_rows[i:i + chunk])
-            both = torch.cat([za - zc, zc], dim=1).to(torch.float64)
-            # segment sums as a (jobs x positions) one-hot product: much faster than index_add_
-            onehot = (job_of[i:i + chunk][None, :] == rows[:, None]).to(torch.float64)
-            sums += onehot @ both
-        return sums
+    def _ablated_sums(self, s: int, hidden: torch.Tensor, batch: TokenBatch, fired: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The hot loop. ``hidden`` (J, Lc, d): perturbed output of layer ``s`` for J rows;
+        ``fired`` (J, Lc) bool: the positions averaged for each row. Returns, per target layer
+        ``t``, the (J, d_sae) float64 sums over each row's fired positions of the SAE codes of
+        the continued forward pass. Each block runs once from ``s``; every target layer is encoded
+        as soon as it is computed (only at fired positions), and the last target block computes
+        its queries, attention output and MLP only at the fired positions."""
+        J = fired.shape[0]
+        job_of, pos = torch.nonzero(fired, as_tuple=True)
+        n_fired = fired.sum(1)
+        width = int(n_fired.max())
+        valid = torch.arange(width, device=fired.device)[None, :] < n_fired[:, None]  # (J, width)
+        queries = torch.zeros(J, width, dtype=torch.long, device=fired.device)
+        queries[valid] = pos
+        # rows of the flattened (J * Lc, d) states, and of the (J * width, d) last-block output
+        at_full = job_of * fired.shape[1] + pos
+        at_last = torch.nonzero(valid.reshape(-1), as_tuple=True)[0]
+        targets = sorted(self.plan.targets[s])
+        out, x, prev = {}, hidden, s
+        for t in targets:
+            last = t == targets[-1]
+            h = self.adapter.run_from(prev, x, batch, until=t, layers=[t], queries=queries if last else None)[t]
+            at = h.reshape(-1, h.shape[-1]).index_select(0, at_last if last else at_full)
+            out[t] = self._encode_sums(t, at, job_of, J)
+            x, prev = h, t
+        return out

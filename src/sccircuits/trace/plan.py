@@ -70,22 +70,24 @@ class PassCounts:
 
 
 def count_passes(lengths: np.ndarray, active: dict[int, np.ndarray], n_cells: int, block_size: int,
-                 batch_size: int, null_active: dict[int, np.ndarray] | None = None) -> PassCounts:
+                 batch_size: int, null_active: dict[int, np.ndarray] | None = None,
+                 clean_batch_size: int | None = None) -> PassCounts:
     """Simulate the engine's batching (pure function).
 
     ``lengths``: tokens per cell (n_cells,); ``active[s]``: number of traced features of source
     layer ``s`` that fire in each cell (n_cells,); ``null_active[s]``: number of null draws of
     ``s`` whose template fires in each cell (None: no null). Blocks of ``block_size``
-    consecutive cells; inside a block cells are batched as :func:`engine_batches`; per batch
-    and source layer the real jobs (row, feature) in row order, then the null jobs, are cut
-    into ``batch_size`` rows, each chunk padded to its longest row (as
+    consecutive cells; inside a block cells are batched as :func:`engine_batches`
+    (``clean_batch_size`` cells per clean pass, default ``batch_size``); per batch and source
+    layer the real jobs (row, feature) in row order, then the null jobs, are cut into
+    ``batch_size`` rows, each chunk padded to its longest row (as
     ``AblationEngine._ablate_layer`` does).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     out = PassCounts(ablations={s: 0 for s in active}, ablation_forward_passes={s: 0 for s in active},
                      ablated_sequences={s: 0 for s in active}, ablated_tokens={s: 0 for s in active})
     for start in range(0, n_cells, block_size):
-        for batch in engine_batches(lengths, range(start, min(start + block_size, n_cells)), batch_size):
+        for batch in engine_batches(lengths, range(start, min(start + block_size, n_cells)), clean_batch_size or batch_size):
             out.clean_forward_passes += 1
             out.clean_tokens += len(batch) * int(lengths[batch].max())
             for s, counts in active.items():
@@ -124,7 +126,7 @@ def firing_counts(setup: TraceSetup, progress: bool = True) -> tuple[dict[int, n
             for s in sources}
     lengths = cells.lengths()
     batches = [b for blk in range(setup.n_blocks)
-               for b in engine_batches(lengths, setup.block_cells(blk), cfg.batch_size)]
+               for b in engine_batches(lengths, setup.block_cells(blk), cfg.cells_per_clean_pass)]
     seconds, tokens = 0.0, 0
     with torch.inference_mode():
         for idx in tqdm(batches, desc="plan: firing of traced features", unit="batch", disable=not progress):
@@ -166,9 +168,10 @@ def calibrate(setup: TraceSetup, n_cells: int = 4, progress: bool = False) -> di
     engine.run_cells(cells, pick[:1])  # warm-up (allocations, kernels)
 
     sub = _SubsetSetup(setup, pick)
+    firing_counts(sub, progress=False)  # warm-up of the clean passes alone (their first call pays one-time costs)
     active, null_active, clean_timing = firing_counts(sub, progress=progress)
     counts = count_passes(lengths[pick], active, len(pick), len(pick), cfg.batch_size,
-                          null_active if cfg.null_ablation else None)
+                          null_active if cfg.null_ablation else None, cfg.cells_per_clean_pass)
     t0 = time.perf_counter()
     with torch.inference_mode():
         engine.run_cells(cells, pick)
@@ -205,36 +208,87 @@ def _n_params(adapter) -> int:
     return int(sum(p.numel() for p in model.parameters())) if model is not None else 0
 
 
+MEMORY_FORMULA = (
+    "peak bytes <= model + saes + accumulators + clean_batch + ablation_pass + encode + job_sums + null, with "
+    "B = batch_size (ablated rows per forward), C = clean_batch_size (cells per clean pass), L = longest cell, "
+    "d = d_model, d_ff = FFN width, b = bytes per model value, D = largest d_sae, F = most traced features of a "
+    "source layer, T = most target layers of a source layer, K = kinds (1, or 2 with the null), S = source layers, "
+    "P = encode_chunk, Q = max(1, P // 16): "
+    "model = params*b; saes = sum over layers used (2*d*D + D + 3*d)*4; accumulators = sum over (source, target) "
+    "K*F*D*36; clean_batch = C*L*d*b*layers_kept + C*L*(5*d + d_ff)*b; ablation_pass = B*L*d*(b + 8) + "
+    "B*L*(5*d + d_ff)*b; encode = P*D*8; job_sums = C*F*D*8*(3*K*T + 4); null (K = 2 only) = S*d*D*4 + Q*D*48 + B*D*8")
+"""The formula of :func:`memory_estimate` in one line (the trace manifest records it)."""
+
+
 def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dtype: str, batch_size: int,
                     max_length: int, n_layers_kept: int, n_targets_max: int, sae_sizes: dict[int, int],
                     n_features: dict[int, int], targets: dict[int, list[int]], n_kinds: int,
-                    encode_chunk: int) -> dict[str, int]:
-    """Peak memory of a trace in bytes, by component (pure function, an estimate from shapes).
+                    encode_chunk: int, clean_batch_size: int | None = None) -> dict[str, int]:
+    """Peak memory of a trace in bytes, by component (pure function of shapes; the sum is the
+    bound, :data:`MEMORY_FORMULA`). With ``B`` = ``batch_size`` (ablated rows per forward),
+    ``C`` = ``clean_batch_size`` (cells per clean pass, default B), ``L`` = longest cell, ``d`` =
+    d_model, ``b`` = bytes per model value, ``D`` = largest d_sae, ``F`` = most traced features
+    of a source layer, ``T`` = most target layers of a source layer, ``K`` = kinds (1, or 2 with
+    the null):
 
-    * ``model``: parameters x bytes of ``dtype``;
-    * ``saes``: float32 encoder + decoder (2 d d_sae) + biases + mean, per layer used;
-    * ``accumulators``: per (kind, source, target) F x T x (3 float64 + 3 int32);
-    * ``clean_batch``: the kept hidden states ``batch_size x L x d x layers`` plus one layer's
-      working set (q, k, v, FFN intermediate, attention scores);
-    * ``ablation_pass``: ``batch_size`` patched rows, the kept target states, one layer's
-      working set;
-    * ``encode``: an ``encode_chunk x d_sae`` float32 code (x3: pre-activation, top-k, dense).
-    Peak = model + saes + accumulators + clean_batch + ablation_pass + encode (the clean
-    states stay alive while the ablation passes run).
+    * ``model``: parameters x b;
+    * ``saes``: float32 encoder + decoder (2 d D) + biases + mean, per layer used;
+    * ``accumulators``: per (kind, source, target) F x D x (3 float64 + 3 int32) (a null has at
+      most F draws);
+    * ``clean_batch``: the kept clean states ``C L d b x layers`` plus one block's working set
+      ``C L (5 d + d_ff) b`` (input, q, k, v, attention output, FFN intermediate);
+    * ``ablation_pass``: ``B L d (b + 8)`` (a float32 copy of the rows, the float32 perturbation,
+      then the state in the model dtype) plus one block's working set ``B L (5 d + d_ff) b``;
+      attention is a fused kernel (no L x L scores; measured on CPU for torch's SDPA with a
+      padding mask);
+    * ``encode``: ``encode_chunk x D`` float32 pre-activations, twice (top-k scratch); the codes
+      themselves are kept sparse (k per position);
+    * ``job_sums``: per job of one clean batch (at most ``K C F``) and target, the float64 clean
+      sums, observations and clean means (``3 K T``), plus the folding's copies of one
+      (kind, target) (``4``): ``C F D 8 (3 K T + 4)``;
+    * ``null`` (with the null only): the unit decoder rows of each source layer (``d D`` float32),
+      the null-direction choice over ``encode_chunk // 16`` positions at a time (dense code,
+      float64 ranking and its temporaries, <= 48 bytes per entry of ``D``) and one random
+      ranking per null row of a forward (``B D`` float64).
+
+    Peak <= the sum of the components (the clean states stay alive while the ablation passes run).
     """
+    from .engine import null_choice_chunk
+
     b = DTYPE_BYTES[dtype]
-    BL = batch_size * max_length
-    working = BL * (4 * d_model + d_ff) * b + batch_size * n_heads * max_length * max_length * b
+    C = clean_batch_size or batch_size
+    L = max_length
+    D = max(sae_sizes.values(), default=0)
+    F = max(n_features.values(), default=0)
+    working = lambda rows: rows * L * (5 * d_model + d_ff) * b  # noqa: E731
     sae_bytes = sum((2 * d_model * m + m + 3 * d_model) * 4 for m in sae_sizes.values())
     acc = sum(n_kinds * n_features[s] * sae_sizes[t] * (3 * 8 + 3 * 4) for s, ts in targets.items() for t in ts)
+    null = (len(n_features) * d_model * D * 4 + null_choice_chunk(encode_chunk) * D * 48 + batch_size * D * 8
+            if n_kinds > 1 else 0)
     return {
         "model": n_params * b,
         "saes": sae_bytes,
         "accumulators": acc,
-        "clean_batch": BL * d_model * n_layers_kept * b + working,
-        "ablation_pass": BL * d_model * (1 + n_targets_max) * b + working,
-        "encode": encode_chunk * max(sae_sizes.values(), default=0) * 4 * 3,
+        "clean_batch": C * L * d_model * n_layers_kept * b + working(C),
+        "ablation_pass": batch_size * L * d_model * (b + 8) + working(batch_size),
+        "encode": encode_chunk * D * 4 * 2,
+        "job_sums": C * F * D * 8 * (3 * n_kinds * n_targets_max + 4),
+        "null": null,
     }
+
+
+def memory_shape(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:
+    """The symbols of :data:`MEMORY_FORMULA` for a prepared trace (recorded beside the estimate)."""
+    a, cfg = setup.adapter, setup.cfg
+    desc = a.describe() if hasattr(a, "describe") else {}
+    layers = sorted(set(setup.features) | {t for ts in setup.targets.values() for t in ts})
+    B = batch_size or cfg.batch_size
+    return {"params": _n_params(a), "B": B, "C": cfg.clean_batch_size or B,
+            "L": int(setup.cells.lengths().max()), "d": int(a.d_model), "d_ff": int(desc.get("d_ff", 4 * a.d_model)),
+            "b": DTYPE_BYTES[cfg.dtype], "D": max(int(setup.saes[l].d_sae) for l in layers),
+            "F": max(len(f) for f in setup.features.values()),
+            "T": max(len(t) for t in setup.targets.values()), "K": len(setup.kinds()), "S": len(setup.features),
+            "layers_kept": len(layers), "P": int(cfg.encode_chunk)}
 
 
 def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:
@@ -249,7 +303,8 @@ def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, 
         n_targets_max=max(len(t) for t in setup.targets.values()),
         sae_sizes={l: int(setup.saes[l].d_sae) for l in layers},
         n_features={s: len(f) for s, f in setup.features.items()}, targets=setup.targets,
-        n_kinds=len(setup.kinds()), encode_chunk=cfg.encode_chunk)
+        n_kinds=len(setup.kinds()), encode_chunk=cfg.encode_chunk,
+        clean_batch_size=cfg.clean_batch_size or batch_size or cfg.batch_size)
 
 
 def available_memory(device: str) -> int:
@@ -357,7 +412,7 @@ def plan_setup(setup: TraceSetup, *, firing: bool = True, calibrate_cells: int =
         active = {s: np.full(len(cells), len(f), np.int64) for s, f in setup.features.items()}
         null_active = {s: np.full(len(cells), len(f), np.int64) for s, f in setup.plan().null_features.items()}
     passes = count_passes(lengths, active, len(cells), cfg.checkpoint_every, cfg.batch_size,
-                          null_active if cfg.null_ablation else None)
+                          null_active if cfg.null_ablation else None, cfg.cells_per_clean_pass)
     passes.exact = firing
     calib, seconds = None, None
     if calibrate_cells > 0:

@@ -314,7 +314,7 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
         plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
                 "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
                 "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
-                "support_active": cfg.compat == "reference"}
+                "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass}
         new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
                                          dict(plan), cells_ref, setup.targets, opts.crash_once)
         n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))

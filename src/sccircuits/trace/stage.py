@@ -224,9 +224,9 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict) -> st
     """Everything a block's numbers depend on; blocks of different fingerprints never mix."""
     key = {"features": {str(s): f.tolist() for s, f in features.items()}, "targets": {str(s): t for s, t in targets.items()},
            "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(), "inputs": inputs,
-           **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "encode_chunk",
-                                            "checkpoint_every", "null_ablation", "null_seed", "null_draws",
-                                            "null_budget")}}
+           **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "cells_per_clean_pass",
+                                            "encode_chunk", "checkpoint_every", "null_ablation", "null_seed",
+                                            "null_draws", "null_budget")}}
     if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
         key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -280,7 +280,8 @@ class TraceSetup:
                 "model_name": self.cfg.model_name or self.adapter.kind,
                 "annotation": None if ins.annotation is None else str(ins.annotation),
                 "inputs": {"model": str(ins.model), "data": str(ins.data), "saes": str(ins.saes)},
-                "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()}}
+                "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()},
+                "memory_estimate_bytes": _memory_estimate(self), "memory_estimate_shape": _memory_shape(self)}
         if executor is not None:
             meta["executor"] = executor
         return meta
@@ -296,8 +297,8 @@ def trace_plan(cfg: TraceConfig, features: dict, targets: dict, **overrides):
     from .engine import TracePlan
 
     opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
-                encode_chunk=cfg.encode_chunk, null_draws=cfg.null_draws, null_budget=cfg.null_budget,
-                support_active=cfg.compat == "reference")
+                encode_chunk=cfg.encode_chunk, clean_batch_size=cfg.cells_per_clean_pass, null_draws=cfg.null_draws,
+                null_budget=cfg.null_budget, support_active=cfg.compat == "reference")
     return TracePlan(features, targets, **{**opts, **overrides})
 
 
@@ -413,14 +414,20 @@ def _trace_blocks(setup: TraceSetup, t_start: float, progress: bool) -> TraceRes
                       "edges; trace more features (--n-features) or raise --null-budget", stacklevel=2)
     i, n = cfg.shard_index, cfg.n_shards
     torch.manual_seed(0)
-    with tqdm(total=sum(len(setup.block_cells(b)) for b in job.blocks),
-              initial=sum(len(setup.block_cells(b)) for b in job.blocks if b not in job.todo),
-              desc=f"trace cells (shard {i}/{n})" if n > 1 else "trace cells", unit="cell", disable=not progress) as bar:
-        for b in job.todo:
-            t0 = time.time()
-            acc = engine.run_cells(cells, setup.block_cells(b), progress=bar)
-            acc.counters["compute_ms"] = int(round((time.time() - t0) * 1000))
-            acc.save(block_path(job.trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with tqdm(total=sum(len(setup.block_cells(b)) for b in job.blocks),
+                  initial=sum(len(setup.block_cells(b)) for b in job.blocks if b not in job.todo),
+                  desc=f"trace cells (shard {i}/{n})" if n > 1 else "trace cells", unit="cell", disable=not progress) as bar:
+            for b in job.todo:
+                t0 = time.time()
+                acc = engine.run_cells(cells, setup.block_cells(b), progress=bar)
+                acc.counters["compute_ms"] = int(round((time.time() - t0) * 1000))
+                acc.save(block_path(job.trace_dir, b), fingerprint=np.asarray(fp), block=np.asarray(b))
+    finally:
+        torch.set_num_threads(threads)
     if n > 1:
         metrics = {"blocks": job.blocks, "n_blocks": setup.n_blocks, "wall_s": round(time.time() - t_start, 3)}
         job.rd.complete_stage(job.stage, [str(block_path(job.trace_dir, b).relative_to(job.rd.path))
@@ -536,6 +543,8 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "null_draws": {str(s): f.tolist() for s, f in total.null_features.items()},
         "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
         "ablated_sequences": c.get("ablated_sequences", 0),
+        "memory_estimate_mib": _mib(meta.get("memory_estimate_bytes")),
+        "memory_estimate_shape": meta.get("memory_estimate_shape"), "memory_estimate_formula": _memory_formula(),
         "compute_s": round(compute_s, 3), "wall_s": round(time.time() - t_start, 3),
         "ablations_per_s": round(c.get("ablations", 0) / compute_s, 3) if compute_s > 0 else None,
         "n_tests": int(sum(features["n_tests"])) if len(features) else 0,
@@ -552,6 +561,35 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
     if cleanup:
         shutil.rmtree(td / "blocks", ignore_errors=True)
     return TraceResult(rd.path, edges, features, null, metrics)
+
+
+def _memory_estimate(setup: TraceSetup) -> dict[str, int]:
+    """Peak memory bound of the trace by component (``sccircuits.trace.plan.memory_estimate``)."""
+    from .plan import setup_memory
+
+    return {k: int(v) for k, v in setup_memory(setup).items()}
+
+
+def _memory_shape(setup: TraceSetup) -> dict[str, int]:
+    """The symbols of the memory formula for this trace (``sccircuits.trace.plan.memory_shape``)."""
+    from .plan import memory_shape
+
+    return memory_shape(setup)
+
+
+def _memory_formula() -> str:
+    from .plan import MEMORY_FORMULA
+
+    return MEMORY_FORMULA
+
+
+def _mib(parts: dict | None) -> dict | None:
+    """{component: MiB, "total": MiB} of a byte breakdown (None stays None)."""
+    if not parts:
+        return None
+    out = {k: round(v / 2 ** 20, 1) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / 2 ** 20, 1)
+    return out
 
 
 def load_trace(run) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
