@@ -9,6 +9,8 @@ from ..errors import ConfigError
 
 SELECTIONS = ("richness", "frequency", "random")
 CRITERIA = ("null", "published")
+NULL_DIRECTIONS = ("feature", "mixed")
+"""How a null draw is built (:mod:`sccircuits.trace.null_draws`)."""
 
 
 @dataclass
@@ -63,6 +65,8 @@ class TraceConfig:
     null_draws: int = option(16, "null pseudo-sources per source layer (at most --null-budget x the traced features of the layer)")
     null_budget: float = option(0.5, "null ablations at most this fraction of the real ones (expected): the trace costs <= 1 + this in forward passes")
     null_seed: int = option(0, "seed of the null templates and directions")
+    null_directions: str = option("feature", "what a null draw ablates: feature (an untraced feature of the template's firing frequency, ablated like a real source) or mixed (the template's positions, a different active untraced direction at each position)")
+    null_match_cells: int = option(16, "null_directions feature: cells (the first traced) whose clean pass gives the firing frequencies to match, when neither the annotation nor the feature selection has them; counted in forward_passes")
     model_name: str | None = option(None, "value of the 'model' column (default: the model kind)")
 
     def __post_init__(self) -> None:
@@ -90,6 +94,9 @@ class TraceConfig:
         check(self.min_rel_change >= 0, "min_rel_change must be >= 0")
         check(self.null_draws >= 3, "null_draws must be >= 3 (the per-target null needs a spread)")
         check(0 < self.null_budget <= 1, "null_budget must be in (0, 1]")
+        check(self.null_directions in NULL_DIRECTIONS,
+              f"null_directions must be one of {', '.join(NULL_DIRECTIONS)}, got {self.null_directions!r}")
+        check(self.null_match_cells >= 1, "null_match_cells must be >= 1")
         check(self.null_ablation or self.criterion != "null",
               "criterion 'null' needs the null ablations: drop --no-null-ablation or use --criterion published")
         self.source_layers = parse_layers(self.source_layers, "source_layers")

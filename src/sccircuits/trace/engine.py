@@ -64,6 +64,10 @@ class TracePlan:
     of ``features``); a layer may have none (e.g. a Ray task holding other features' nulls)."""
     traced: dict[int, np.ndarray] | None = None
     """Source layer -> features a null direction avoids (default: ``features``)."""
+    null_directions: str = "mixed"
+    """``mixed``: a draw runs at its template's positions along another active, untraced
+    feature's direction chosen per position; ``feature``: a draw ablates its template exactly as
+    a real source (own positions, own decoder row), the templates being untraced features."""
 
     def __post_init__(self) -> None:
         if self.null_features is None:
@@ -253,6 +257,9 @@ class AblationEngine:
         """
         null = self.nulls[s]
         job, pos = torch.nonzero(zf > 0, as_tuple=True)
+        if self.plan.null_directions == "feature":  # the template's own decoder row, as a real ablation
+            own = null["templates"][draws[job]]
+            return job, pos, null["unit"][own] * (zf[job, pos] * null["norms"][draws[job]])[:, None]
         z = self._encode(s, h_s[rows[job], pos])  # full codes at those positions
         d_sae = z.shape[1]
         cells = batch.cell_index[rows.cpu()].numpy()
