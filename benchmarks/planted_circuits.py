@@ -11,7 +11,11 @@ FDR and where the false edges come from (:func:`sccircuits.models.planted.calibr
 Prints two markdown tables and writes them to --out as JSON.
 
     PYTHONPATH=src python benchmarks/planted_circuits.py --out /tmp/planted [--cells 60] [--seeds 0,1]
-        [--null-directions feature,mixed] [--d-model 96] [--rescore]
+        [--null-directions feature,mixed] [--variant wide|narrow] [--rescore]
+
+Variants: ``wide`` (d_model 96, 24 traced sources of which 12 planted with 2 edges each, 24
+targets) and ``narrow`` (d_model 48, 16 traced sources of which 8 planted, 16 targets: the
+planted units' LayerNorm side effects are larger relative to the stream).
 """
 
 from __future__ import annotations
@@ -25,18 +29,22 @@ import numpy as np
 import pandas as pd
 
 
+VARIANTS = {"wide": {}, "narrow": {"d_model": 48, "n_source_dict": 24, "n_traced": 16, "n_planted": 8, "n_targets": 16}}
+"""make_planted options of each benchmark variant (wide: its defaults)."""
+
+
 def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, rescore: bool,
-            null_directions: str = "feature", d_model: int = 96) -> tuple[list[dict], list[dict]]:
+            null_directions: str = "feature", variant: str = "wide") -> tuple[list[dict], list[dict]]:
     from sccircuits.models.planted import calibration, make_planted, score_edges
     from sccircuits.rundir import RunDir
     from sccircuits.trace import Accumulators, Thresholds, TraceConfig, build_tables, trace
     from sccircuits.trace.edges import estimated_fdr
 
-    root = out / f"{kind}_s{seed}" if d_model == 96 else out / f"{kind}_s{seed}_d{d_model}"
+    root = out / f"{kind}_s{seed}" if variant == "wide" else out / f"{kind}_s{seed}_{variant}"
     run = root / f"run_{null_directions}"
     wall = None
     if not (rescore and (run / "trace" / "accumulators.npz").is_file()):
-        pc = make_planted(root, kind, n_cells=n_cells, seed=seed, d_model=d_model)
+        pc = make_planted(root, kind, n_cells=n_cells, seed=seed, **VARIANTS[variant])
         t0 = time.time()
         trace(model=pc.model, data=pc.data, saes=pc.saes, out=run, n_cells=n_cells, features=pc.features_spec(),
               progress=False, null_directions=null_directions,
@@ -54,13 +62,13 @@ def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, 
     for name, col, est in (("default (null)", "passes_null", fdr["null"]), ("published, capped", "in_cap", None),
                            ("published, uncapped", "passes_published", fdr["published"])):
         sc = score_edges(e, truth, n_traced, n_targets, col, min_strength)
-        rows.append({"architecture": kind, "seed": seed, "d_model": d_model, "null_directions": null_directions,
+        rows.append({"architecture": kind, "seed": seed, "variant": variant, "null_directions": null_directions,
                      "criterion": name, **sc, "estimated_fdr": est,
                      "forward_passes": m["forward_passes"], "forward_passes_null_free": m["forward_passes_null_free"],
                      "trace_wall_s": wall})
     cal = calibration(acc, truth, base, min_strength=min_strength, model=kind)
     cal.insert(0, "null_directions", null_directions)
-    cal.insert(0, "d_model", d_model)
+    cal.insert(0, "variant", variant)
     cal.insert(0, "seed", seed)
     cal.insert(0, "architecture", kind)
     return rows, cal.to_dict("records")
@@ -80,26 +88,26 @@ def main() -> None:
     ap.add_argument("--kinds", default="geneformer,scgpt")
     ap.add_argument("--min-strength", type=float, default=0.1, help="recall counts planted edges this strong or more")
     ap.add_argument("--null-directions", default="feature", help="null designs to trace (comma-separated)")
-    ap.add_argument("--d-model", type=int, default=96, help="width of the planted models (48: stronger LayerNorm side effects)")
+    ap.add_argument("--variant", default="wide", choices=sorted(VARIANTS), help="planted construction (see above)")
     ap.add_argument("--rescore", action="store_true", help="score runs already traced under --out again (no tracing)")
     a = ap.parse_args()
     rows, cal = [], []
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             for nd in a.null_directions.split(","):
-                r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.d_model)
+                r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.variant)
                 rows += r
                 cal += c
     a.out.mkdir(parents=True, exist_ok=True)
-    tag = "" if a.d_model == 96 else f"_d{a.d_model}"
+    tag = "" if a.variant == "wide" else f"_{a.variant}"
     (a.out / f"planted_results{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (a.out / f"planted_calibration{tag}.json").write_text(json.dumps(cal, indent=1, default=float))
-    print(markdown(pd.DataFrame(rows), ["architecture", "seed", "null_directions", "criterion", "kept", "true_positives",
+    print(markdown(pd.DataFrame(rows), ["architecture", "seed", "variant", "null_directions", "criterion", "kept", "true_positives",
                                         "precision", "actual_fdr", "estimated_fdr", "recall", "recall_all",
                                         "sign_accuracy", "share_d_negative", "forward_passes",
                                         "forward_passes_null_free"]))
     print()
-    print(markdown(pd.DataFrame(cal), ["architecture", "seed", "null_directions", "fdr", "min_rel_change", "kept",
+    print(markdown(pd.DataFrame(cal), ["architecture", "seed", "variant", "null_directions", "fdr", "min_rel_change", "kept",
                                        "false_positives", "fp_no_path", "fp_off_target", "actual_fdr",
                                        "estimated_fdr", "expected_false", "expected_false_no_path", "recall", "sign_accuracy",
                                        "share_d_negative"]))
