@@ -24,7 +24,8 @@ class TraceConfig:
     Two edge criteria are always computed (columns of edges.parquet); ``criterion`` picks the
     one downstream stages read (column ``edge``):
 
-    * ``null`` (default): p against a data-matched null ablation with a per-target null, BH
+    * ``null`` (default): p against a null ablation (untraced features of matched firing
+      frequency ablated like real sources, ``null_directions``) with a per-target null, BH
       across the run (``fdr``), a magnitude floor relative to the target's clean activation
       (``min_rel_change``), the sign-symmetric (nonzero) consistency, at least ``min_cells``
       informative cells, no cap (docs/planted-circuits.md);

@@ -25,14 +25,19 @@ position adds nothing to the ablation but counts as active (the cell is observed
 enters the mean), and a cell whose only active positions have z = 0 gets an exact zero
 observation (the published ablated pass equals its clean pass there).
 
-Optionally a *null* runs beside the real ablations (:func:`null_templates`,
-:meth:`AblationEngine._null_directions`): per source layer, ``K`` null pseudo-sources. Null
-``k`` borrows the activation pattern of one traced *template* feature (its positions and per
-position norm ``z * ||W_dec[template]||``) but removes, at each position, the decoder direction of
-another feature that is active there (data-matched: a direction the stream really carries;
-traced features are avoided), chosen by a per-(seed, layer, draw, cell) random ranking. Its
-rows cost like ``K`` extra traced features (``K <= null_budget * F``), and its statistics give
-every target its own null (docs/planted-circuits.md).
+Optionally a *null* runs beside the real ablations: per source layer, ``K`` null
+pseudo-sources (``K <= null_budget * F``), whose statistics give every target its own null
+(docs/planted-circuits.md). Null ``k`` runs where its *template* feature fires, with the
+template's per-position norm ``z * ||W_dec[template]||`` (:meth:`AblationEngine._null_deltas`):
+
+* ``null_directions="feature"`` (default): the templates are untraced features of matched firing
+  frequency (:func:`sccircuits.trace.null_draws.matched_null_features`, passed in as
+  ``null_features``), each ablated along its own decoder row, exactly like a real source;
+* ``"mixed"``: the templates are traced features (:func:`null_templates`) and each position
+  removes the decoder direction of another feature active there (traced features avoided),
+  chosen by a per-(seed, layer, draw, cell) random ranking.
+
+Either way the draws depend only on the seed and the features, never on batching or sharding.
 """
 
 from __future__ import annotations
@@ -250,7 +255,8 @@ class AblationEngine:
                      zf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Null perturbations of jobs (``rows``, ``draws``) at their template's positions.
 
-        At each position where the template fires (activation ``zf``), the direction is the unit
+        With ``null_directions="feature"`` the template's own decoder row (an untraced feature
+        ablated like a real source). Otherwise (``mixed``), at each position where the template fires (activation ``zf``), the direction is the unit
         decoder row of the highest-ranked (:func:`null_scores`) feature that is active there and
         not traced (else active, else any feature), never the template itself, scaled to the
         template's ablation norm ``zf * ||W_dec[template]||``. Returns (job, position, delta).
