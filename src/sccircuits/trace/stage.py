@@ -239,7 +239,12 @@ def _null_features(cfg: TraceConfig, saes: dict, features: dict, freq: dict | No
         n = min(cfg.null_match_cells, len(cells))
         freq = feature_frequencies(adapter, saes, cells, sorted(features), cfg.batch_size, progress, limit=n)
         passes = -(-n // cfg.batch_size)
-    return matched_null_features(features, freq, cfg.null_draws, cfg.null_budget, cfg.null_seed), passes
+    out = matched_null_features(features, freq, cfg.null_draws, cfg.null_budget, cfg.null_seed)
+    short = {s: len(out[s]) for s in out if len(out[s]) < min(3, len(features[s]) // 2)}
+    if short:
+        warnings.warn(f"too few untraced features that fire to draw the null from, per source layer: {short} "
+                      "(--all-active or nearly every feature traced); use --null-directions mixed", stacklevel=3)
+    return out, passes
 
 
 def input_fingerprints(ins: TraceInputs, layers: list[int]) -> dict:
