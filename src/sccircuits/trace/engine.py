@@ -75,6 +75,11 @@ class TracePlan:
     a real source (own positions, own decoder row), the templates being untraced features."""
 
     def __post_init__(self) -> None:
+        if self.null_directions not in ("feature", "mixed"):
+            raise ValueError(f"null_directions must be feature or mixed, got {self.null_directions!r}")
+        if self.null and self.null_directions == "feature" and self.null_features is None:
+            raise ValueError("null_directions 'feature' needs null_features (untraced features to ablate: "
+                             "sccircuits.trace.null_draws.matched_null_features)")
         if self.null_features is None:
             self.null_features = (null_templates(self.features, self.null_draws, self.null_budget, self.null_seed)
                                   if self.null else {s: np.zeros(0, np.int64) for s in self.features})
@@ -256,10 +261,11 @@ class AblationEngine:
         """Null perturbations of jobs (``rows``, ``draws``) at their template's positions.
 
         With ``null_directions="feature"`` the template's own decoder row (an untraced feature
-        ablated like a real source). Otherwise (``mixed``), at each position where the template fires (activation ``zf``), the direction is the unit
-        decoder row of the highest-ranked (:func:`null_scores`) feature that is active there and
-        not traced (else active, else any feature), never the template itself, scaled to the
-        template's ablation norm ``zf * ||W_dec[template]||``. Returns (job, position, delta).
+        ablated like a real source). Otherwise (``mixed``), at each position where the template
+        fires (activation ``zf``), the direction is the unit decoder row of the highest-ranked
+        (:func:`null_scores`) feature that is active there and not traced (else active, else any
+        feature), never the template itself, scaled to the template's ablation norm
+        ``zf * ||W_dec[template]||``. Returns (job, position, delta).
         """
         null = self.nulls[s]
         job, pos = torch.nonzero(zf > 0, as_tuple=True)
