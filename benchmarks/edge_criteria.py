@@ -1,11 +1,16 @@
-"""Real vs null pass counts of both edge criteria on a finished trace (its accumulators.npz).
+"""Real vs null pass counts of both edge criteria, per threshold, for finished traces: one
+markdown table with a column group per model (for docs/demo-run.md).
 
-For the published rule (consistency > 0.7, reference consistency) at |d| thresholds 0.5, 1, 2,
-3 and for the null criterion at BH levels 0.01, 0.05, 0.1: real tests passing, null-draw tests
-passing scaled to the number of real tests (expected false passes), and their ratio (the
-estimated FDR). Nothing is recomputed from the model.
+Each argument is a run directory holding ``trace/accumulators.npz``, or a directory whose
+subdirectories are such runs (the demo's output: DIR/geneformer, DIR/scgpt). Per run and
+threshold: real tests passing, null-draw tests passing scaled to the number of real tests
+(expected false passes), and their ratio (the estimated FDR). Rows: the published rule
+(reference consistency > 0.7, uncapped: a cap has no null counterpart) at |d| > 0.5, 1, 2, 3,
+and the null criterion at BH levels 0.01, 0.05, 0.1 with the run's magnitude floor, and at the
+run's BH level without it. Thresholds not varied are the run's own (its trace configuration). Nothing
+is recomputed from the model.
 
-    PYTHONPATH=src python benchmarks/edge_criteria.py RUN [RUN ...]
+    PYTHONPATH=src python benchmarks/edge_criteria.py DIR [RUN ...]
 """
 
 from __future__ import annotations
@@ -14,32 +19,74 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sccircuits.trace import Accumulators, Thresholds
+from sccircuits.artifacts import read_trace_meta
+from sccircuits.config import from_dict
+from sccircuits.trace import Accumulators, Thresholds, TraceConfig
 from sccircuits.trace.edges import null_floor
+
+STATS = Path("trace") / "accumulators.npz"
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories among ``paths`` and their immediate subdirectories (sorted)."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / STATS).is_file():
+            runs.append(p)
+        else:
+            found = sorted(d for d in p.iterdir() if (d / STATS).is_file()) if p.is_dir() else []
+            if not found:
+                raise SystemExit(f"{p}: no {STATS} here or in a subdirectory")
+            runs += found
+    return runs
+
+
+def base_thresholds(run: Path) -> Thresholds:
+    """The run's own thresholds (its trace configuration), uncapped."""
+    meta = read_trace_meta(run)
+    cfg = from_dict(TraceConfig, meta["config"]) if meta and "config" in meta else TraceConfig()
+    return replace(Thresholds.from_config(cfg), top_per_layer=0, max_q=None, consistency_kind="reference")
 
 
 def rows_for(run: Path) -> list[dict]:
-    acc, _ = Accumulators.load(run / "trace" / "accumulators.npz")
-    base = Thresholds(min_cells=3, top_per_layer=0)
+    """One row per (criterion, threshold): real passes, scaled null passes, estimated FDR."""
+    acc, _ = Accumulators.load(run / STATS)
+    base = base_thresholds(run)
+    settings = [(f"published, |d| > {d}", "published", replace(base, d_threshold=d)) for d in (0.5, 1.0, 2.0, 3.0)]
+    settings += [(f"null, BH {q}", "null", replace(base, fdr=q)) for q in (0.01, 0.05, 0.1)]
+    settings.append(("null, run's BH level, no magnitude floor", "null", replace(base, min_rel_change=0.0)))
     out = []
-    for d in (0.5, 1.0, 2.0, 3.0):
-        n = null_floor(acc, replace(base, d_threshold=d))
-        real, exp = int(n.n_real_passing.sum()), float(n.expected_false_published.sum())
-        out.append({"run": run.name, "criterion": f"published |d| > {d}", "real": real, "null_scaled": round(exp, 1),
-                    "estimated_fdr": round(min(exp / real, 1.0), 3) if real else None})
-    for q in (0.01, 0.05, 0.1):
-        n = null_floor(acc, replace(base, fdr=q))
-        real, exp = int(n.n_real_passing_null.sum()), float(n.expected_false_null.sum())
-        out.append({"run": run.name, "criterion": f"null, BH {q}", "real": real, "null_scaled": round(exp, 1),
-                    "estimated_fdr": round(min(exp / real, 1.0), 3) if real else None})
+    for name, kind, th in settings:
+        n = null_floor(acc, th)
+        real_col, exp_col = (("n_real_passing", "expected_false_published") if kind == "published"
+                             else ("n_real_passing_null", "expected_false_null"))
+        real, exp = int(n[real_col].sum()), float(n[exp_col].sum())
+        out.append({"run": run.name, "criterion": name, "real": real, "null_scaled": round(exp, 1),
+                    "estimated_fdr": round(min(exp / real, 1.0), 4) if real else None})
     return out
 
 
+def table(runs: list[Path]) -> str:
+    """Markdown: a row per criterion and threshold, a (real, null scaled, estimated FDR) column
+    group per run."""
+    per_run = {r.name: {x["criterion"]: x for x in rows_for(r)} for r in runs}
+    names = list(per_run)
+    head = "| criterion | " + " | ".join(f"{n}: real | {n}: null (scaled) | {n}: est. FDR" for n in names) + " |"
+    lines = [head, "|---|" + "---|---|---|" * len(names)]
+    for crit in per_run[names[0]]:
+        cells = []
+        for n in names:
+            r = per_run[n].get(crit)
+            cells += ["" if r is None else str(r["real"]), "" if r is None else str(r["null_scaled"]),
+                      "" if r is None or r["estimated_fdr"] is None else f"{r['estimated_fdr']:.2%}"]
+        lines.append(f"| {crit.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    print("| run | criterion | real passes | null passes (scaled) | estimated FDR |\n|---|---|---|---|---|")
-    for run in sys.argv[1:]:
-        for r in rows_for(Path(run)):
-            print(f"| {r['run']} | {r['criterion']} | {r['real']} | {r['null_scaled']} | {r['estimated_fdr']} |")
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    print(table(find_runs(sys.argv[1:])))
 
 
 if __name__ == "__main__":

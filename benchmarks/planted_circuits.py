@@ -1,13 +1,21 @@
 """Planted-circuit benchmark: how many edges each criterion gets right where the truth is known.
 
 For each architecture (Geneformer-shaped BERT, our scGPT) a model with planted SAE-feature
-edges is built (:mod:`sccircuits.models.planted`; docs/planted-circuits.md), traced once with
-the default options (null ablation on), and the edge table is scored against the planted truth
-for both criteria: the default (null) criterion and the published rule (|d| > 0.5,
-consistency > 0.7, top-50 cap, and the same rule uncapped). Prints one table (markdown) and
-writes it to --out as JSON.
+edges is built (:mod:`sccircuits.models.planted`; docs/planted-circuits.md), traced once per
+null design (``--null-directions``, default: the default design) with otherwise default options,
+and the edge table is scored against the planted truth for both criteria: the default (null)
+criterion and the published rule (|d| > 0.5, consistency > 0.7, top-50 cap, and the same rule
+uncapped). Then the calibration sweep: the null criterion at BH levels 0.05-0.5 and magnitude
+floors 0.05 (default) and 0 (off), rebuilt from the same statistics, with estimated vs actual
+FDR and where the false edges come from (:func:`sccircuits.models.planted.calibration`).
+Prints two markdown tables and writes them to --out as JSON.
 
-    PYTHONPATH=src python benchmarks/planted_circuits.py --out /tmp/planted [--cells 60] [--seeds 0,1] [--rescore]
+    PYTHONPATH=src python benchmarks/planted_circuits.py --out /tmp/planted [--cells 60] [--seeds 0,1]
+        [--null-directions feature,mixed] [--variant wide|narrow] [--rescore]
+
+Variants: ``wide`` (d_model 96, 24 traced sources of which 12 planted with 2 edges each, 24
+targets) and ``narrow`` (d_model 48, 16 traced sources of which 8 planted, 16 targets: the
+planted units' LayerNorm side effects are larger relative to the stream).
 """
 
 from __future__ import annotations
@@ -17,40 +25,58 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 
-def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, rescore: bool) -> list[dict]:
-    from sccircuits.models.planted import make_planted, score_edges
+VARIANTS = {"wide": {}, "narrow": {"d_model": 48, "n_source_dict": 24, "n_traced": 16, "n_planted": 8, "n_targets": 16}}
+"""make_planted options of each benchmark variant (wide: its defaults)."""
+
+
+def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, rescore: bool,
+            null_directions: str = "feature", variant: str = "wide") -> tuple[list[dict], list[dict]]:
+    from sccircuits.models.planted import calibration, make_planted, score_edges
     from sccircuits.rundir import RunDir
     from sccircuits.trace import Accumulators, Thresholds, TraceConfig, build_tables, trace
     from sccircuits.trace.edges import estimated_fdr
 
-    root = out / f"{kind}_s{seed}"
-    run = root / "run"
+    root = out / f"{kind}_s{seed}" if variant == "wide" else out / f"{kind}_s{seed}_{variant}"
+    run = root / f"run_{null_directions}"
     wall = None
     if not (rescore and (run / "trace" / "accumulators.npz").is_file()):
-        pc = make_planted(root, kind, n_cells=n_cells, seed=seed)
+        pc = make_planted(root, kind, n_cells=n_cells, seed=seed, **VARIANTS[variant])
         t0 = time.time()
         trace(model=pc.model, data=pc.data, saes=pc.saes, out=run, n_cells=n_cells, features=pc.features_spec(),
-              progress=False, **({"gene_column": pc.gene_column} if pc.gene_column else {}))
+              progress=False, null_directions=null_directions,
+              **({"gene_column": pc.gene_column} if pc.gene_column else {}))
         wall = round(time.time() - t0, 1)
     truth = pd.read_csv(root / f"{kind}_truth.csv")
     m = RunDir(run, create=False).stage("trace")["metrics"]
     # tables from the saved statistics with the current default thresholds
     acc, _ = Accumulators.load(run / "trace" / "accumulators.npz")
-    e, _, null = build_tables(acc, Thresholds.from_config(TraceConfig()), kind)
+    base = Thresholds.from_config(TraceConfig())
+    e, _, null = build_tables(acc, base, kind)
     fdr = estimated_fdr(null)
     n_traced, n_targets = len(acc.features[min(acc.features)]), next(iter(acc.target_sizes.values()))
     rows = []
     for name, col, est in (("default (null)", "passes_null", fdr["null"]), ("published, capped", "in_cap", None),
                            ("published, uncapped", "passes_published", fdr["published"])):
         sc = score_edges(e, truth, n_traced, n_targets, col, min_strength)
-        rows.append({"architecture": kind, "seed": seed, "criterion": name, **sc, "estimated_fdr": est,
+        rows.append({"architecture": kind, "seed": seed, "variant": variant, "null_directions": null_directions,
+                     "criterion": name, **sc, "estimated_fdr": est,
                      "forward_passes": m["forward_passes"], "forward_passes_null_free": m["forward_passes_null_free"],
                      "trace_wall_s": wall})
-    return rows
+    cal = calibration(acc, truth, base, min_strength=min_strength, model=kind)
+    cal.insert(0, "null_directions", null_directions)
+    cal.insert(0, "variant", variant)
+    cal.insert(0, "seed", seed)
+    cal.insert(0, "architecture", kind)
+    return rows, cal.to_dict("records")
+
+
+def markdown(df: pd.DataFrame, cols: list[str]) -> str:
+    t = df[cols].round(3).astype(str)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in t.itertuples(index=False)])
 
 
 def main() -> None:
@@ -60,21 +86,30 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--kinds", default="geneformer,scgpt")
     ap.add_argument("--min-strength", type=float, default=0.1, help="recall counts planted edges this strong or more")
+    ap.add_argument("--null-directions", default="feature", help="null designs to trace (comma-separated)")
+    ap.add_argument("--variant", default="wide", choices=sorted(VARIANTS), help="planted construction (see above)")
     ap.add_argument("--rescore", action="store_true", help="score runs already traced under --out again (no tracing)")
     a = ap.parse_args()
-    rows = []
+    rows, cal = [], []
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            rows += run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore)
-    df = pd.DataFrame(rows)
+            for nd in a.null_directions.split(","):
+                r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.variant)
+                rows += r
+                cal += c
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "planted_results.json").write_text(json.dumps(rows, indent=1, default=float))
-    cols = ["architecture", "seed", "criterion", "kept", "true_positives", "precision", "actual_fdr", "estimated_fdr",
-            "recall", "recall_all", "sign_accuracy", "share_d_negative", "forward_passes", "forward_passes_null_free"]
-    t = df[cols].round(3).astype(str)
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in t.itertuples(index=False):
-        print("| " + " | ".join(r) + " |")
+    tag = "" if a.variant == "wide" else f"_{a.variant}"
+    (a.out / f"planted_results{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
+    (a.out / f"planted_calibration{tag}.json").write_text(json.dumps(cal, indent=1, default=float))
+    print(markdown(pd.DataFrame(rows), ["architecture", "seed", "variant", "null_directions", "criterion", "kept", "true_positives",
+                                        "precision", "actual_fdr", "estimated_fdr", "recall", "recall_all",
+                                        "sign_accuracy", "share_d_negative", "forward_passes",
+                                        "forward_passes_null_free"]))
+    print()
+    print(markdown(pd.DataFrame(cal), ["architecture", "seed", "variant", "null_directions", "fdr", "min_rel_change", "kept",
+                                       "false_positives", "fp_no_path", "fp_off_target", "actual_fdr",
+                                       "estimated_fdr", "expected_false", "expected_false_no_path", "recall", "sign_accuracy",
+                                       "share_d_negative"]))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import torch
 from trace_helpers import random_saes, write_cells, write_saes
 from sccircuits.trace import Accumulators, PairStats, Thresholds, build_tables, prepare_trace
 from sccircuits.trace.engine import AblationEngine, TracePlan, null_templates
+from sccircuits.trace.null_draws import matched_null_features
+from sccircuits.trace.stage import feature_frequencies, trace_plan
 
 FEATS = "0:2,5,9,12,19,25,28,31"
 
@@ -35,9 +37,11 @@ def test_null_templates_seeded_within_budget():
 
 
 def test_null_deltas_norm_matched_on_active_untraced_directions(setup):
-    """Each null perturbation has the template's ablation norm at every position, along the unit
-    decoder row of a feature active there, never the template, avoiding traced features."""
-    eng = AblationEngine(setup.adapter, setup.saes, setup.plan())
+    """Design ``mixed``: each null perturbation has the template's ablation norm at every
+    position, along the unit decoder row of a feature active there, never the template, avoiding
+    traced features."""
+    eng = AblationEngine(setup.adapter, setup.saes, trace_plan(setup.cfg, setup.features, setup.targets,
+                                                               null_directions="mixed"))
     s, K = 0, eng.n_null(0)
     assert K == 4
     batch = setup.adapter.batch(setup.cells, list(range(6)))
@@ -69,11 +73,56 @@ def test_null_deltas_norm_matched_on_active_untraced_directions(setup):
     assert torch.equal(delta, again)
 
 
+def test_matched_null_features_untraced_frequency_matched_and_seeded():
+    feats = {0: np.array([1, 5, 9, 13, 17, 21])}
+    freq = {0: np.linspace(0.01, 0.3, 40)}
+    freq[0][30:] = 0.0  # never fire: never drawn
+    a = matched_null_features(feats, freq, draws=16, budget=0.5, seed=0)
+    templates = null_templates(feats, 16, 0.5, 0)[0]
+    assert len(a[0]) == len(templates) == 3 and len(set(a[0])) == 3
+    assert not set(a[0]) & set(feats[0]) and (freq[0][a[0]] > 0).all()
+    # each draw is the free untraced feature nearest in log frequency to its template
+    for t, u in zip(templates, a[0]):
+        assert abs(np.log(freq[0][u] / freq[0][t])) <= np.log(freq[0][1] / freq[0][0]) * 1.01 + 1e-12
+    np.testing.assert_array_equal(a[0], matched_null_features(feats, freq, 16, 0.5, 0)[0])
+    # fewer candidates than templates: fewer draws
+    few = {0: np.zeros(40)}
+    few[0][[0, 2]] = 0.1
+    assert len(matched_null_features(feats, few, 16, 0.5, 0)[0]) == 2
+
+
+def test_feature_null_ablates_untraced_features_like_real_sources(setup):
+    """Design ``feature`` (default): the null draws are untraced features of matched frequency,
+    each perturbation exactly ``z_u * W_dec[u]`` at the positions where u fires, and the choice
+    is recorded in the plan (so every batch and shard uses the same)."""
+    assert setup.cfg.null_directions == "feature"
+    s = 0
+    nulls = setup.null_features[s]
+    assert len(nulls) == 4 and not set(nulls.tolist()) & set(setup.features[s].tolist())
+    freq = feature_frequencies(setup.adapter, setup.saes, setup.cells, [s], setup.cfg.batch_size, False,
+                               limit=setup.cfg.null_match_cells)
+    np.testing.assert_array_equal(nulls, matched_null_features(setup.features, freq, setup.cfg.null_draws,
+                                                               setup.cfg.null_budget, setup.cfg.null_seed)[s])
+    eng = AblationEngine(setup.adapter, setup.saes, setup.plan())
+    np.testing.assert_array_equal(eng.nulls[s]["templates"].numpy(), nulls)
+    batch = setup.adapter.batch(setup.cells, list(range(6)))
+    h = setup.adapter.hidden_states(batch, [s])[s]
+    sae = eng.saes[s]
+    K = len(nulls)
+    rows = torch.arange(6).repeat_interleave(K)
+    draws = torch.arange(K).repeat(6)
+    zf = sae.encode(h)[..., torch.as_tensor(nulls)][rows, :, draws] * batch.gene_mask[rows]
+    job, pos, delta = eng._null_deltas(s, batch, h, rows, draws, zf)
+    assert len(job) == int((zf > 0).sum()) > 0
+    want = zf[job, pos][:, None] * sae.W_dec.detach()[torch.as_tensor(nulls)[draws[job]]]
+    torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-6)
+
+
 def test_null_statistics_do_not_depend_on_batching_or_blocks(setup):
     plan = setup.plan()
     a = AblationEngine(setup.adapter, setup.saes, plan).run_cells(setup.cells, range(12))
     small = TracePlan(setup.features, setup.targets, null_draws=plan.null_draws, null_budget=plan.null_budget,
-                      batch_size=3)
+                      batch_size=3, null_directions=plan.null_directions, null_features=plan.null_features)
     eng = AblationEngine(setup.adapter, setup.saes, small)
     b = eng.run_cells(setup.cells, range(5)).merge(eng.run_cells(setup.cells, range(5, 12)))
     assert a.null_features[0].tolist() == b.null_features[0].tolist()
@@ -180,4 +229,34 @@ def test_planted_edge_survives_planted_non_edge_rejected(kind, tmp_path):
     published = score_edges(e, pc.truth, 10, 12, "passes_published")
     assert published["false_positives"] > 20  # the published rule keeps many planted non-edges
     assert ours["false_positives"] <= 1 and ours["recall"] >= 0.7 and ours["sign_accuracy"] == 1.0
-    assert res.metrics["forward_passes"] <= 1.5 * res.metrics["forward_passes_null_free"]
+    # the null's ablations cost <= the budget (0.5); choosing its features took one clean pass of
+    # null_match_cells cells here (explicit --features: no annotation frequencies to match)
+    m = res.metrics
+    assert m["null_match_forward_passes"] == 1
+    assert m["forward_passes"] - m["null_match_forward_passes"] <= 1.5 * m["forward_passes_null_free"]
+
+
+def test_calibration_feature_null_tracks_no_path_false_edges_mixed_does_not(tmp_path):
+    """Small calibration sweep (scGPT planted circuit, loose settings: BH 0.2 / 0.5, no magnitude
+    floor, where no-path sources do pass): the false edges of sources without any planted edge are
+    what the null imitates. The frequency-matched ``feature`` null predicts their number; the
+    ``mixed`` null (one direction per position) is too homogeneous and predicts a fraction."""
+    from sccircuits.models.planted import calibration, make_planted
+    from sccircuits.trace import Accumulators, TraceConfig, trace
+
+    pc = make_planted(tmp_path, "scgpt", n_cells=30, n_genes=60, d_model=96, n_source_dict=32, n_traced=16,
+                      n_planted=6, n_targets=12, strengths=(0.3, 1.0), seed=1)
+    cal = {}
+    for nd in ("feature", "mixed"):
+        trace(model=pc.model, data=pc.data, saes=pc.saes, out=tmp_path / nd, n_cells=30, features=pc.features_spec(),
+              progress=False, null_directions=nd, gene_column=pc.gene_column)
+        acc, _ = Accumulators.load(tmp_path / nd / "trace" / "accumulators.npz")
+        cal[nd] = calibration(acc, pc.truth, Thresholds.from_config(TraceConfig()),
+                              settings=((0.05, 0.05), (0.2, 0.0), (0.5, 0.0))).set_index("fdr")
+    for nd in cal:  # the default setting keeps no false edge with either null
+        assert cal[nd].loc[0.05, "false_positives"] == 0 and cal[nd].loc[0.05, "recall"] >= 0.8
+    f, m = cal["feature"], cal["mixed"]
+    assert m.loc[0.5, "fp_no_path"] > 20  # no-path sources pass at these settings
+    for q in (0.2, 0.5):
+        assert f.loc[q, "fp_no_path"] <= 1.5 * f.loc[q, "expected_false_no_path"] + 1
+        assert m.loc[q, "fp_no_path"] > 2.5 * m.loc[q, "expected_false_no_path"]

@@ -259,3 +259,48 @@ def score_edges(edges: pd.DataFrame, truth: pd.DataFrame, n_traced: int, n_targe
             "sign_accuracy": right / len(tp) if tp else np.nan,
             "share_d_negative": float((kept["cohens_d"] < 0).mean()) if n else np.nan,
             "n_tests": n_traced * n_targets}
+
+
+CALIBRATION_SETTINGS = tuple((fdr, floor) for floor in (0.05, 0.02, 0.01, 0.0) for fdr in (0.05, 0.1, 0.2, 0.5))
+"""(BH level, magnitude floor) pairs of the calibration sweep: the default (0.05, 0.05) and
+looser settings where false edges do pass, so estimated and actual FDR can be compared above 0."""
+
+
+def calibration(acc, truth: pd.DataFrame, base, settings=CALIBRATION_SETTINGS, min_strength: float = 0.1,
+                model: str = "planted") -> pd.DataFrame:
+    """Estimated vs actual FDR of the null criterion at each (``fdr``, ``min_rel_change``) of
+    ``settings`` (other thresholds from ``base``, a :class:`~sccircuits.trace.Thresholds`), from
+    a finished trace's statistics ``acc`` (no forward pass).
+
+    Per setting: :func:`score_edges` of the kept edges, the estimated FDR
+    (:func:`~sccircuits.trace.edges.estimated_fdr`), the expected number of false passes it
+    implies, and where the actual false edges come from: ``fp_no_path`` (sources with no planted
+    edge, i.e. exactly what the null draws imitate) and ``fp_off_target`` (a planted source and
+    a target it has no planted edge to: effects the source has only because its planted units
+    change the stream, e.g. through LayerNorm), and ``expected_false_no_path``, the estimate's
+    share for the no-path sources' tests (expected false passes x their share of the tests), to
+    compare with ``fp_no_path``."""
+    from dataclasses import replace
+
+    from ..trace.edges import build_tables, estimated_fdr
+
+    planted = set(truth["source_feature"].astype(int))
+    s = min(acc.features)
+    n_traced, n_targets = len(acc.features[s]), next(iter(acc.target_sizes.values()))
+    true = set(zip(truth["source_feature"].astype(int), truth["target_feature"].astype(int)))
+    rows = []
+    for fdr, floor in settings:
+        th = replace(base, fdr=fdr, min_rel_change=floor)
+        e, _, null = build_tables(acc, th, model)
+        sc = score_edges(e, truth, n_traced, n_targets, "passes_null", min_strength)
+        kept = e[e["passes_null"]]
+        false = [(f, g) for f, g in zip(kept["source_feature"].astype(int), kept["target_feature"].astype(int))
+                 if (f, g) not in true]
+        est = estimated_fdr(null)["null"]
+        expected = float(null["expected_false_null"].sum())
+        rows.append({"fdr": fdr, "min_rel_change": floor, **sc, "estimated_fdr": est, "expected_false": expected,
+                     "expected_false_no_path": expected * (n_traced - len(planted)) / n_traced,
+                     "fp_no_path": sum(f not in planted for f, _ in false),
+                     "fp_off_target": sum(f in planted for f, _ in false),
+                     "ratio": (est / sc["actual_fdr"]) if est is not None and sc["actual_fdr"] > 0 else np.nan})
+    return pd.DataFrame(rows)

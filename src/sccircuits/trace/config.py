@@ -9,6 +9,8 @@ from ..errors import ConfigError
 
 SELECTIONS = ("richness", "frequency", "random")
 CRITERIA = ("null", "published")
+NULL_DIRECTIONS = ("feature", "mixed")
+"""How a null draw is built (:mod:`sccircuits.trace.null_draws`)."""
 
 
 @dataclass
@@ -22,7 +24,8 @@ class TraceConfig:
     Two edge criteria are always computed (columns of edges.parquet); ``criterion`` picks the
     one downstream stages read (column ``edge``):
 
-    * ``null`` (default): p against a data-matched null ablation with a per-target null, BH
+    * ``null`` (default): p against a null ablation (untraced features of matched firing
+      frequency ablated like real sources, ``null_directions``) with a per-target null, BH
       across the run (``fdr``), a magnitude floor relative to the target's clean activation
       (``min_rel_change``), the sign-symmetric (nonzero) consistency, at least ``min_cells``
       informative cells, no cap (docs/planted-circuits.md);
@@ -66,6 +69,8 @@ class TraceConfig:
     null_draws: int = option(16, "null pseudo-sources per source layer (at most --null-budget x the traced features of the layer)")
     null_budget: float = option(0.5, "null ablations at most this fraction of the real ones (expected): the trace costs <= 1 + this in forward passes")
     null_seed: int = option(0, "seed of the null templates and directions")
+    null_directions: str = option("feature", "what a null draw ablates: feature (an untraced feature of the template's firing frequency, ablated like a real source) or mixed (the template's positions, a different active untraced direction at each position)")
+    null_match_cells: int = option(16, "null_directions feature: cells (the first traced) whose clean pass gives the firing frequencies to match, when neither the annotation nor the feature selection has them; counted in forward_passes")
     model_name: str | None = option(None, "value of the 'model' column (default: the model kind)")
 
     def __post_init__(self) -> None:
@@ -95,6 +100,9 @@ class TraceConfig:
         check(self.min_rel_change >= 0, "min_rel_change must be >= 0")
         check(self.null_draws >= 3, "null_draws must be >= 3 (the per-target null needs a spread)")
         check(0 < self.null_budget <= 1, "null_budget must be in (0, 1]")
+        check(self.null_directions in NULL_DIRECTIONS,
+              f"null_directions must be one of {', '.join(NULL_DIRECTIONS)}, got {self.null_directions!r}")
+        check(self.null_match_cells >= 1, "null_match_cells must be >= 1")
         check(self.null_ablation or self.criterion != "null",
               "criterion 'null' needs the null ablations: drop --no-null-ablation or use --criterion published")
         self.source_layers = parse_layers(self.source_layers, "source_layers")

@@ -142,22 +142,26 @@ def _shrunk_var(v: np.ndarray, df: np.ndarray | float, prior: float) -> np.ndarr
     return (df * v + NULL_PRIOR_DF * prior) / (df + NULL_PRIOR_DF)
 
 
-def null_z(real: PairStats, null: PairStats, min_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def null_z(real: PairStats, null: PairStats, min_cells: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-target null comparison of one (source layer, target layer) block.
 
-    Returns ``(z, z_null, m, size)``: z (F, T) of each real test against its target's null
-    draws, leave-one-out z (K, T) of each null draw against the other draws (NaN where a draw
-    has fewer than ``min_cells`` cells), the null location per target m (T,) in change per unit
-    norm, and the real tests' mean ablation norm (F,). Both z are scaled to unit variance under
-    the null (factor sqrt(1 + 1/K))."""
+    Returns ``(z, z_null, m, size, m_null)``: z (F, T) of each real test against its target's
+    null draws, leave-one-out z (K, T) of each null draw against the other draws (NaN where a
+    draw has fewer than ``min_cells`` cells), the null location per target m (T,) in change per
+    unit norm, the real tests' mean ablation norm (F,), and the leave-one-out location (K, T)
+    each null draw is compared with (so a draw's effect beyond the null is measured as a real
+    test's is: against draws it is not part of). Both z are scaled to unit variance under the
+    null (factor sqrt(1 + 1/K))."""
     r, size = _per_unit(real)
     rn, _ = _per_unit(null)
     ok = null.n >= max(min_cells, 2)
     x = rn[ok]
     K, T = x.shape
     nan = np.full((len(null.n), T), np.nan)
+    m_null = nan.copy()
     if K < 3:
-        return np.full(r.shape, np.nan), nan, np.full(T, np.nan), size
+        return np.full(r.shape, np.nan), nan, np.full(T, np.nan), size, m_null
     m = x.mean(0)
     v = x.var(0, ddof=1)
     pos = v[v > 0]
@@ -172,7 +176,8 @@ def null_z(real: PairStats, null: PairStats, min_cells: int) -> tuple[np.ndarray
         zn = (x - m_o) / np.sqrt(_shrunk_var(v_o, K - 2, prior) * (1 + 1 / (K - 1)))
     z = np.where(np.isfinite(z), z, np.nan)
     nan[ok] = np.where(np.isfinite(zn), zn, np.nan)
-    return z, nan, m, size
+    m_null[ok] = m_o
+    return z, nan, m, size, m_null
 
 
 def null_scale(null_abs: np.ndarray, df: float) -> float:
@@ -252,12 +257,12 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         return blocks, 0.0
     for (s, t), b in blocks.items():
         real, null = acc.pairs[("real", s, t)], acc.pairs[("null", s, t)]
-        b.z, b.null_z, m, size = null_z(real, null, th.min_cells)
+        b.z, b.null_z, m, size, m_null = null_z(real, null, th.min_cells)
         b.effect = real.mean - m[None, :] * size[:, None]
         b.rel = _rel_change(b.effect, real)
         b.null_st = pair_statistics(null, th.min_cells)
         _, nsize = _per_unit(null)
-        b.null_effect = null.mean - m[None, :] * nsize[:, None]
+        b.null_effect = null.mean - m_null * nsize[:, None]
         b.null_rel = _rel_change(b.null_effect, null)
         b.z = np.where(b.st["valid"], b.z, np.nan)
     null_abs = np.concatenate([np.abs(b.null_z[np.isfinite(b.null_z)]) for b in blocks.values()])

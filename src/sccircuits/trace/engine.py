@@ -29,14 +29,19 @@ position adds nothing to the ablation but counts as active (the cell is observed
 enters the mean), and a cell whose only active positions have z = 0 gets an exact zero
 observation (the published ablated pass equals its clean pass there).
 
-Optionally a *null* runs beside the real ablations (:func:`null_templates`,
-:meth:`AblationEngine._null_deltas`): per source layer, ``K`` null pseudo-sources. Null
-``k`` borrows the activation pattern of one traced *template* feature (its positions and per
-position norm ``z * ||W_dec[template]||``) but removes, at each position, the decoder direction of
-another feature that is active there (data-matched: a direction the stream really carries;
-traced features are avoided), chosen by a per-(seed, layer, draw, cell) random ranking. Its
-rows cost like ``K`` extra traced features (``K <= null_budget * F``), and its statistics give
-every target its own null (docs/planted-circuits.md).
+Optionally a *null* runs beside the real ablations: per source layer, ``K`` null
+pseudo-sources (``K <= null_budget * F``), whose statistics give every target its own null
+(docs/planted-circuits.md). Null ``k`` runs where its *template* feature fires, with the
+template's per-position norm ``z * ||W_dec[template]||`` (:meth:`AblationEngine._null_deltas`):
+
+* ``null_directions="feature"`` (default): the templates are untraced features of matched firing
+  frequency (:func:`sccircuits.trace.null_draws.matched_null_features`, passed in as
+  ``null_features``), each ablated along its own decoder row, exactly like a real source;
+* ``"mixed"``: the templates are traced features (:func:`null_templates`) and each position
+  removes the decoder direction of another feature active there (traced features avoided),
+  chosen by a per-(seed, layer, draw, cell) random ranking.
+
+Either way the draws depend only on the seed and the features, never on batching or sharding.
 """
 
 from __future__ import annotations
@@ -71,8 +76,17 @@ class TracePlan:
     of ``features``); a layer may have none (e.g. a Ray task holding other features' nulls)."""
     traced: dict[int, np.ndarray] | None = None
     """Source layer -> features a null direction avoids (default: ``features``)."""
+    null_directions: str = "mixed"
+    """``mixed``: a draw runs at its template's positions along another active, untraced
+    feature's direction chosen per position; ``feature``: a draw ablates its template exactly as
+    a real source (own positions, own decoder row), the templates being untraced features."""
 
     def __post_init__(self) -> None:
+        if self.null_directions not in ("feature", "mixed"):
+            raise ValueError(f"null_directions must be feature or mixed, got {self.null_directions!r}")
+        if self.null and self.null_directions == "feature" and self.null_features is None:
+            raise ValueError("null_directions 'feature' needs null_features (untraced features to ablate: "
+                             "sccircuits.trace.null_draws.matched_null_features)")
         if self.null_features is None:
             self.null_features = (null_templates(self.features, self.null_draws, self.null_budget, self.null_seed)
                                   if self.null else {s: np.zeros(0, np.int64) for s in self.features})
@@ -277,13 +291,18 @@ class AblationEngine:
                      zf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Null perturbations of jobs (``rows``, ``draws``) at their template's positions.
 
-        At each position where the template fires (activation ``zf``), the direction is the unit
-        decoder row of the highest-ranked (:func:`null_scores`) feature that is active there and
-        not traced (else active, else any feature), never the template itself, scaled to the
-        template's ablation norm ``zf * ||W_dec[template]||``. Returns (job, position, delta).
+        With ``null_directions="feature"`` the template's own decoder row (an untraced feature
+        ablated like a real source). Otherwise (``mixed``), at each position where the template
+        fires (activation ``zf``), the direction is the unit decoder row of the highest-ranked
+        (:func:`null_scores`) feature that is active there and not traced (else active, else any
+        feature), never the template itself, scaled to the template's ablation norm
+        ``zf * ||W_dec[template]||``. Returns (job, position, delta).
         """
         null = self.nulls[s]
         job, pos = torch.nonzero(zf > 0, as_tuple=True)
+        if self.plan.null_directions == "feature":  # the template's own decoder row, as a real ablation
+            own = null["templates"][draws[job]]
+            return job, pos, null["unit"][own] * (zf[job, pos] * null["norms"][draws[job]])[:, None]
         d_sae = int(self.saes[s].d_sae)
         cells = batch.cell_index[rows.cpu()].numpy()
         scores = torch.from_numpy(np.stack([null_scores(self.plan.null_seed, s, int(k), int(c), d_sae)

@@ -169,8 +169,9 @@ class TraceWorker:
         self.cells = unpack_cells(cells)
         self.features = {int(s): np.asarray(f, np.int64) for s, f in plan.pop("features").items()}
         self.targets = {int(s): list(t) for s, t in targets.items()}
-        self.plan_opts = plan
         self.null_features = TracePlan(self.features, self.targets, **plan).null_features
+        plan.pop("null_features", None)
+        self.plan_opts = plan
         self.crash_once = crash_once
         self.engines: dict = {}
 
@@ -314,7 +315,8 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
         plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
                 "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
                 "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
-                "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass}
+                "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass,
+                "null_directions": cfg.null_directions, "null_features": setup.plan().null_features}
         new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
                                          dict(plan), cells_ref, setup.targets, opts.crash_once)
         n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))

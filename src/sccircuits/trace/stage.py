@@ -150,8 +150,10 @@ def _select_cells(adapter, data_path, cfg: TraceConfig, tokenize_opts: dict):
     return cells
 
 
-def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_size: int, progress: bool = True) -> dict[int, np.ndarray]:
-    """Fraction of gene positions of ``cells`` where each SAE feature fires, per layer (one clean pass)."""
+def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_size: int, progress: bool = True,
+                        limit: int | None = None) -> dict[int, np.ndarray]:
+    """Fraction of gene positions of ``cells`` (only the first ``limit`` with ``limit``) where
+    each SAE feature fires, per layer (one clean pass)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -160,7 +162,9 @@ def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_siz
     counts = {l: torch.zeros(saes[l].d_sae, dtype=torch.float64) for l in layers}
     total = 0
     with torch.inference_mode():
-        for idx in tqdm(list(length_batches(cells, batch_size)), desc="feature frequencies", disable=not progress):
+        batches = ([list(range(i, min(i + batch_size, limit, len(cells)))) for i in range(0, min(limit, len(cells)), batch_size)]
+                   if limit is not None else list(length_batches(cells, batch_size)))
+        for idx in tqdm(batches, desc="feature frequencies", disable=not progress):
             batch = adapter.batch(cells, idx)
             hs = adapter.hidden_states(batch, layers)
             gm = batch.gene_mask.to(adapter.device)
@@ -172,7 +176,9 @@ def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_siz
 
 
 def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dict | None, annotation,
-                     adapter, cells, progress: bool) -> dict[int, np.ndarray]:
+                     adapter, cells, progress: bool) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None]:
+    """Source features per layer, and the firing frequencies of every feature of those layers
+    when the selection had them (annotation catalog or a clean pass; else None)."""
     from ..annotate.labels import select_from_catalog
 
     if spec:
@@ -185,9 +191,9 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
             if not ids:
                 raise ConfigError(f"--features lists no feature for source layer {s}")
             out[s] = np.asarray(ids, np.int64)
-        return out
+        return out, None
     if cfg.all_active:
-        return {s: np.arange(saes[s].d_sae, dtype=np.int64) for s in sources}
+        return {s: np.arange(saes[s].d_sae, dtype=np.int64) for s in sources}, None
     if annotation is not None:
         from ..annotate import load_annotation
 
@@ -195,8 +201,14 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
         missing = [s for s in sources if s not in catalogs]
         if missing:
             raise InputError(annotation, f"layer(s) {missing} were not annotated; cannot select features there")
-        return {s: np.asarray(sorted(select_from_catalog(catalogs[s], cfg.selection, cfg.n_features, cfg.selection_seed,
-                                                         min_freq=cfg.min_frequency)), np.int64) for s in sources}
+        freq = {}
+        for s in sources:
+            freq[s] = np.zeros(saes[s].d_sae)
+            if "activation_freq" in catalogs[s]:
+                freq[s][catalogs[s]["feature"].to_numpy(np.int64)] = catalogs[s]["activation_freq"].to_numpy(np.float64)
+        return ({s: np.asarray(sorted(select_from_catalog(catalogs[s], cfg.selection, cfg.n_features, cfg.selection_seed,
+                                                          min_freq=cfg.min_frequency)), np.int64) for s in sources},
+                freq if all(freq[s].any() for s in sources) else None)
     if cfg.selection == "richness":
         warnings.warn("no annotation available: selecting source features by activation frequency on the traced "
                       "cells instead of annotation richness", stacklevel=3)
@@ -208,7 +220,31 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
         method = "frequency" if cfg.selection == "richness" else cfg.selection
         out[s] = np.asarray(sorted(select_from_catalog(cat, method, cfg.n_features, cfg.selection_seed,
                                                        min_freq=cfg.min_frequency)), np.int64)
-    return out
+    return out, freq
+
+
+def _null_features(cfg: TraceConfig, saes: dict, features: dict, freq: dict | None, adapter, cells,
+                   progress: bool) -> tuple[dict[int, np.ndarray] | None, int]:
+    """(null draws per source layer, clean forward passes spent finding them) of the
+    ``feature`` null design (:func:`~sccircuits.trace.null_draws.matched_null_features`); None
+    for the ``mixed`` design or without the null (the engine's default templates). The
+    frequencies are the selection's when it had them, else those of the first
+    ``null_match_cells`` traced cells (a clean pass, counted in the manifest's forward passes)."""
+    from .null_draws import matched_null_features
+
+    if not cfg.null_ablation or cfg.null_directions != "feature":
+        return None, 0
+    passes = 0
+    if freq is None:
+        n = min(cfg.null_match_cells, len(cells))
+        freq = feature_frequencies(adapter, saes, cells, sorted(features), cfg.batch_size, progress, limit=n)
+        passes = -(-n // cfg.batch_size)
+    out = matched_null_features(features, freq, cfg.null_draws, cfg.null_budget, cfg.null_seed)
+    short = {s: len(out[s]) for s in out if len(out[s]) < min(3, len(features[s]) // 2)}
+    if short:
+        warnings.warn(f"too few untraced features that fire to draw the null from, per source layer: {short} "
+                      "(--all-active or nearly every feature traced); use --null-directions mixed", stacklevel=3)
+    return out, passes
 
 
 def input_fingerprints(ins: TraceInputs, layers: list[int]) -> dict:
@@ -220,13 +256,16 @@ def input_fingerprints(ins: TraceInputs, layers: list[int]) -> dict:
             "saes": sae_fingerprints(ins.saes, layers)}
 
 
-def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict) -> str:
+def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict, null_features: dict | None = None) -> str:
     """Everything a block's numbers depend on; blocks of different fingerprints never mix."""
     key = {"features": {str(s): f.tolist() for s, f in features.items()}, "targets": {str(s): t for s, t in targets.items()},
            "cells": np.asarray(cells.cell_index).tolist(), "lengths": cells.lengths().tolist(), "inputs": inputs,
            **{k: getattr(cfg, k) for k in ("tokenization", "dtype", "device", "batch_size", "cells_per_clean_pass",
                                             "encode_chunk", "checkpoint_every", "null_ablation", "null_seed",
                                             "null_draws", "null_budget")}}
+    if cfg.null_ablation and cfg.null_directions != "mixed":  # (mixed: the fingerprint of earlier traces)
+        key["null_directions"] = cfg.null_directions
+        key["null_features"] = {str(s): np.asarray(f).tolist() for s, f in (null_features or {}).items()}
     if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
         key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -259,6 +298,10 @@ class TraceSetup:
     """:class:`~sccircuits.models.base.TokenizedCells` of the traced cells."""
     features: dict[int, np.ndarray]
     fingerprint: str
+    null_features: dict[int, np.ndarray] | None = None
+    """Null draws per source layer (None: the engine's default for the configuration)."""
+    null_match_passes: int = 0
+    """Clean forward passes spent choosing the null draws (frequencies to match)."""
 
     @property
     def n_blocks(self) -> int:
@@ -281,24 +324,28 @@ class TraceSetup:
                 "annotation": None if ins.annotation is None else str(ins.annotation),
                 "inputs": {"model": str(ins.model), "data": str(ins.data), "saes": str(ins.saes)},
                 "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()},
-                "memory_estimate_bytes": _memory_estimate(self), "memory_estimate_shape": _memory_shape(self)}
+                "memory_estimate_bytes": _memory_estimate(self), "memory_estimate_shape": _memory_shape(self),
+                "null_match_forward_passes": self.null_match_passes}
         if executor is not None:
             meta["executor"] = executor
         return meta
 
     def plan(self):
         """The engine's :class:`~sccircuits.trace.engine.TracePlan` of this trace."""
-        return trace_plan(self.cfg, self.features, self.targets)
+        return trace_plan(self.cfg, self.features, self.targets, null_features=self.null_features)
 
 
-def trace_plan(cfg: TraceConfig, features: dict, targets: dict, **overrides):
+def trace_plan(cfg: TraceConfig, features: dict, targets: dict, null_features: dict | None = None, **overrides):
     """The :class:`~sccircuits.trace.engine.TracePlan` of a configuration (one place for every
     caller: the stage, the planner, the Ray executor)."""
     from .engine import TracePlan
 
     opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
                 encode_chunk=cfg.encode_chunk, clean_batch_size=cfg.cells_per_clean_pass, null_draws=cfg.null_draws,
-                null_budget=cfg.null_budget, support_active=cfg.compat == "reference")
+                null_budget=cfg.null_budget, support_active=cfg.compat == "reference",
+                null_directions=cfg.null_directions)
+    if null_features is not None:
+        opts["null_features"] = null_features
     return TracePlan(features, targets, **{**opts, **overrides})
 
 
@@ -321,10 +368,11 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
     _check_saes(all_saes, adapter, ins.saes)
     targets = _source_layers(cfg, all_saes, spec, ins.saes)
     cells = _select_cells(adapter, ins.data, cfg, ins.tokenize)
-    features = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter, cells, progress)
+    features, freq = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter, cells, progress)
+    null_features, null_passes = _null_features(cfg, all_saes, features, freq, adapter, cells, progress)
     ins.fingerprints = input_fingerprints(ins, sorted(set(targets) | {t for ts in targets.values() for t in ts}))
-    fp = _fingerprint(cfg, features, targets, cells, ins.fingerprints)
-    return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp)
+    fp = _fingerprint(cfg, features, targets, cells, ins.fingerprints, null_features)
+    return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp, null_features, null_passes)
 
 
 def lock_trace(setup: TraceSetup):
@@ -538,9 +586,12 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "source_features": meta["features"], "features_never_fired": {str(s): f for s, f in never.items()},
         "clean_forward_passes": c.get("clean_forward_passes", 0),
         "ablation_forward_passes": c.get("ablation_forward_passes", 0),
-        "forward_passes": c.get("clean_forward_passes", 0) + c.get("ablation_forward_passes", 0),
+        "null_match_forward_passes": meta.get("null_match_forward_passes", 0),
+        "forward_passes": (c.get("clean_forward_passes", 0) + c.get("ablation_forward_passes", 0)
+                           + meta.get("null_match_forward_passes", 0)),
         "forward_passes_null_free": c.get("clean_forward_passes", 0) + c.get("null_free_ablation_forward_passes", 0),
         "null_draws": {str(s): f.tolist() for s, f in total.null_features.items()},
+        "null_directions": cfg.null_directions if cfg.null_ablation else None,
         "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
         "ablated_sequences": c.get("ablated_sequences", 0),
         "memory_estimate_mib": _mib(meta.get("memory_estimate_bytes")),
