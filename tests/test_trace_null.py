@@ -4,6 +4,8 @@ planted circuit where a planted edge survives and a planted non-edge is rejected
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -142,25 +144,30 @@ def test_null_directions_and_statistics_do_not_depend_on_chunking(setup):
     stepped one position at a time (a tiny encode chunk), clean passes of more cells than an
     ablation forward has rows, and ablation forwards of 2 rows."""
     plan = setup.plan()
-    eng = AblationEngine(setup.adapter, setup.saes, plan)
+    # the chunked choice only exists for the "mixed" null (the "feature" null has no choice to make)
+    mixed = TracePlan(setup.features, setup.targets, null_draws=plan.null_draws, null_budget=plan.null_budget,
+                      null_directions="mixed")
+    eng = AblationEngine(setup.adapter, setup.saes, mixed)
     batch = setup.adapter.batch(setup.cells, list(range(4)))
     h = setup.adapter.hidden_states(batch, [0])[0]
     K = eng.n_null(0)
     rows, draws = torch.arange(4).repeat_interleave(K), torch.arange(K).repeat(4)
     zf = eng.saes[0].encode(h)[..., eng.nulls[0]["templates"]][rows, :, draws] * batch.gene_mask[rows]
-    tiny = TracePlan(setup.features, setup.targets, null_draws=plan.null_draws, null_budget=plan.null_budget,
-                     batch_size=2, clean_batch_size=5, encode_chunk=16)
-    other = AblationEngine(setup.adapter, setup.saes, tiny)
+    tiny_mixed = dataclasses.replace(mixed, batch_size=2, clean_batch_size=5, encode_chunk=16)
+    other = AblationEngine(setup.adapter, setup.saes, tiny_mixed)
     want, got = eng._null_deltas(0, batch, h, rows, draws, zf), other._null_deltas(0, batch, h, rows, draws, zf)
     assert len(want[0]) > 16  # more positions than one step of the chunked choice
     for x, y in zip(want, got):
         assert torch.equal(x, y)
-    a, b = eng.run_cells(setup.cells, range(12)), other.run_cells(setup.cells, range(12))
-    assert a.counters["clean_forward_passes"] == 1 and b.counters["clean_forward_passes"] == 3
-    for key, ps in a.pairs.items():
-        np.testing.assert_array_equal(b.pairs[key].n, ps.n)
-        np.testing.assert_allclose(b.pairs[key].mean, ps.mean, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(b.pairs[key].size, ps.size, rtol=1e-6)
+    for base in (plan, mixed):  # the default null and the mixed one
+        tiny = dataclasses.replace(base, batch_size=2, clean_batch_size=5, encode_chunk=16)
+        eng, other = AblationEngine(setup.adapter, setup.saes, base), AblationEngine(setup.adapter, setup.saes, tiny)
+        a, b = eng.run_cells(setup.cells, range(12)), other.run_cells(setup.cells, range(12))
+        assert a.counters["clean_forward_passes"] == 1 and b.counters["clean_forward_passes"] == 3
+        for key, ps in a.pairs.items():
+            np.testing.assert_array_equal(b.pairs[key].n, ps.n)
+            np.testing.assert_allclose(b.pairs[key].mean, ps.mean, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(b.pairs[key].size, ps.size, rtol=1e-6)
 
 
 def _fooling_accumulators(rng, n_cells=40, F=20, K=10, T=30, edges=((0, 3, -0.5), (1, 7, 0.4))):
