@@ -41,8 +41,8 @@ class PretrainConfig:
                                  "initialisation, as the models before 2026-12-02)")
     embedding_scale: float = option(4.0, "with 'coexpression': the gene rows' mean norm as a multiple of the "
                                          "architecture's random-initialisation row norm (larger: gene identity "
-                                         "weighs more against position/value embeddings; 4 gave the demo models' "
-                                         "highest annotation rate among 1, 4 and 8, docs/demo-models.md)")
+                                         "weighs more against position/value embeddings; 1, 2, 4 and 8 were measured "
+                                         "for the demo models' annotation rate, docs/demo-models.md)")
     data: str = option("blood", "bundled training cells: 'blood' (719 immune cells x 8,455 genes, "
                                 "sccircuits.datasets.blood) or 'pbmc' (700 PBMCs x 765 genes)")
 
