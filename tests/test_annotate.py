@@ -409,3 +409,42 @@ def test_annotate_cli(annotated_run):
     assert "layer  2:" in res.output
     res = CliRunner().invoke(app, ["annotate", "--run", str(run), "--gene-sets", str(tmp / "kegg.gmt")])
     assert res.exit_code != 0  # no GO BP library to label with
+
+
+def test_default_test_on_the_bundled_libraries_error_rate_and_power():
+    """The default annotation criterion on the shipped GO BP / Reactome / Hallmark sets over the
+    blood cells' genes. Null built to fool it: 'top genes' drawn at random with the genes'
+    detection frequency as weight (frequent genes, e.g. ribosomal and MHC genes, share terms),
+    so a test that ignored popularity would label them; 256 sets, as many as a demo layer has
+    features, so the BH correction is the one a layer gets. Power: sets of 20 genes co-expressed
+    with one of the 64 most variable genes. Measured: 2 of 768 null sets labelled (seeds 0-2,
+    256 each: 2, 0, 0), 64 of 64 co-expression sets (92.6% of 256 such sets with 10 genes)."""
+    import scipy.sparse as sp
+
+    from sccircuits import datasets
+    from sccircuits.annotate.stage import load_libraries
+
+    libs = {k: v for k, v in load_libraries(datasets.gene_set_paths()).items() if k in ("go_bp", "reactome", "hallmark")}
+    a = datasets.blood()
+    X = sp.csr_matrix(a.X, dtype=np.float64)
+    X = sp.diags(1e4 / np.asarray(X.sum(axis=1)).ravel()) @ X
+    X.data = np.log1p(X.data)
+    genes = np.array([g.upper() for g in a.var_names])
+    detected = np.asarray((a.X > 0).sum(axis=0)).ravel()
+    keep = detected >= 20
+    D = X[:, keep].toarray()
+    Z = (D - D.mean(0)) / D.std(0)
+    seeds = np.argsort(-D.var(0))[:64]
+    corr = Z[:, seeds].T @ Z / Z.shape[0]
+    modules = [list(genes[keep][np.argsort(-c)[:20]]) for c in corr]
+    rng = np.random.default_rng(0)
+    w = detected / detected.sum()
+    null = [list(rng.choice(genes, 20, replace=False, p=w)) for _ in range(256)]
+
+    def labelled(sets):
+        cat = pd.DataFrame({"feature": np.arange(len(sets)), "fire_count": 1, "top_genes": sets})
+        out, _ = annotate_layer(cat, libs, list(genes), AnnotateConfig(), label_library="go_bp")
+        return int((out["n_annotations"] > 0).sum())
+
+    assert labelled(null) <= 12  # 5% of 256
+    assert labelled(modules) >= 58  # 90% of 64

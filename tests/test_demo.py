@@ -25,6 +25,14 @@ def test_reduced_demo_end_to_end_and_rerun_reuses_stages(tmp_path, capsys):
     assert (tmp_path / "compare" / "comparison_table.parquet").is_file()
     assert "Cross-model comparison" in page
     assert "atlas-data" in (tmp_path / "atlas.html").read_text()  # the atlas beside the report
+    from sccircuits.artifacts import read_demo_timings
+
+    timings = read_demo_timings(tmp_path)  # wall and CPU seconds of every step that ran
+    steps = {f"{k}/{s}" for k in ("geneformer", "scgpt") for s in ("extract", "train-sae", "annotate", "trace",
+                                                                    "analyze", "celltypes")}
+    assert steps | {"write data", "compare", "report", "atlas"} <= set(timings)
+    assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in timings.values())
+    assert sum(t["cpu_s"] for t in timings.values()) > 0
 
     capsys.readouterr()
     run_demo(tmp_path, cfg, progress=False)  # second run: every per-model stage is reused

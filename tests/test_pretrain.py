@@ -52,6 +52,53 @@ def test_nonzero_medians_hand_computed():
     np.testing.assert_allclose(nonzero_medians(X, totals), [5500.0, 7000.0, 1.0])
 
 
+def test_coexpression_embedding_puts_co_expressed_genes_together():
+    """Planted programs: genes 0-4 rise together in half the cells, genes 5-9 in the other half,
+    genes 10-19 are independent noise, gene 20 never varies. Vectors of one program point the
+    same way, the two programs point apart, and the constant gene gets a zero row."""
+    from sccircuits.pretrain import coexpression_embedding
+
+    rng = np.random.default_rng(0)
+    n = 200
+    state = np.arange(n) % 2 == 0
+    X = rng.poisson(2.0, size=(n, 21)).astype(float)
+    X[np.ix_(state, np.arange(5))] += rng.poisson(20.0, size=(state.sum(), 5))
+    X[np.ix_(~state, np.arange(5, 10))] += rng.poisson(20.0, size=((~state).sum(), 5))
+    X[:, 20] = 0.0
+    E = coexpression_embedding(X, 8)
+    assert E.shape == (21, 8) and np.all(E[20] == 0)
+    U = E[:20] / np.linalg.norm(E[:20], axis=1, keepdims=True)
+    cos = U @ U.T
+    within = np.mean([cos[i, j] for blk in (range(5), range(5, 10)) for i in blk for j in blk if i != j])
+    across = np.mean(cos[:5, 5:10])
+    noise = np.abs(cos[10:20, :10]).mean()
+    assert within > 0.9 and across < -0.9 and noise < 0.5
+    np.testing.assert_array_equal(E, coexpression_embedding(X, 8))  # deterministic
+    assert np.linalg.norm(E[:20], axis=1).mean() == pytest.approx(1.0)
+
+
+def test_embedding_init_option_changes_only_the_gene_rows(tmp_path):
+    """'random' keeps the architecture's initialisation; 'coexpression' replaces the gene rows
+    (scaled to embedding_scale x the random rows' mean norm) and leaves the special tokens."""
+    from sccircuits.pretrain import write_scgpt_dir
+
+    adata = datasets.blood()[:60].copy()
+    dirs = {}
+    for init in ("random", "coexpression"):
+        cfg = PretrainConfig(out="x", embedding_init=init, embedding_scale=4.0, **{k: v for k, v in TINY.items() if k != "max_cells"})
+        write_scgpt_dir(tmp_path / init, adata, cfg, np.arange(50))
+        dirs[init] = torch.load(tmp_path / init / "best_model.pt", weights_only=True)["encoder.embedding.weight"]
+    r, c = dirs["random"], dirs["coexpression"]
+    n_genes = adata.n_vars
+    assert torch.equal(r[n_genes:], c[n_genes:])  # specials untouched
+    changed = (r[:n_genes] != c[:n_genes]).any(dim=1)
+    assert changed.float().mean() > 0.5
+    ratio = c[:n_genes][changed].norm(dim=1).mean() / r.norm(dim=1).mean()
+    assert 3.0 < float(ratio) < 5.0
+    with pytest.raises(ConfigError):
+        PretrainConfig(out="x", embedding_init="pca")
+
+
 def test_lr_schedule():
     assert lr_at(0, 100, 1.0, 0.1) == pytest.approx(0.1)
     assert lr_at(9, 100, 1.0, 0.1) == pytest.approx(1.0)

@@ -362,3 +362,17 @@ def write_compare(cdir: str | os.PathLike, name: str, obj) -> str:
         return COMPARE_JSON
     atomic_write_parquet(cdir / f"{name}.parquet", obj)
     return f"{name}.parquet"
+
+
+DEMO_TIMINGS = "demo_timings.json"
+
+
+def write_demo_timings(out_dir: str | os.PathLike, timings: dict) -> str:
+    """``OUT/demo_timings.json``: wall and CPU seconds of each demo step (atomic)."""
+    atomic_write_json(Path(out_dir) / DEMO_TIMINGS, timings)
+    return DEMO_TIMINGS
+
+
+def read_demo_timings(out_dir: str | os.PathLike) -> dict | None:
+    """``OUT/demo_timings.json``, or None when absent."""
+    return read_optional_json(Path(out_dir) / DEMO_TIMINGS)

@@ -83,6 +83,54 @@ def nonzero_medians(X, totals: np.ndarray, target_sum: float = 10_000.0) -> np.n
     return out
 
 
+def coexpression_embedding(X, d: int) -> np.ndarray:
+    """Gene vectors whose dot products follow the genes' co-expression across cells.
+
+    ``X``: training cells x genes counts. Each cell is scaled to 10,000 counts and log1p'd, each
+    gene standardised over the cells (genes that never vary get a zero row), and the gene
+    loadings on the top ``d`` principal components, scaled by their singular values, are
+    returned (genes x d). The dot product of two rows is n_cells x their correlation restricted
+    to those components, so genes of one expression program start close together. Rows are
+    rescaled to mean norm 1 over the genes that vary; the caller scales them to the model's
+    own initial embedding norm. Deterministic (an SVD, no sampling); columns with the sign
+    convention "largest absolute loading positive" so that the result does not depend on the
+    LAPACK build's sign choice.
+    """
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(X, dtype=np.float64)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    Xn = sp.diags(10_000.0 / np.maximum(totals, 1.0)) @ X
+    Xn.data = np.log1p(Xn.data)
+    D = Xn.toarray()
+    D -= D.mean(axis=0)
+    sd = D.std(axis=0)
+    varies = sd > 0
+    D[:, varies] /= sd[varies]
+    D[:, ~varies] = 0.0
+    _, s, vt = np.linalg.svd(D, full_matrices=False)
+    k = min(d, vt.shape[0])
+    load = vt[:k].T * s[:k]  # genes x k
+    flip = np.sign(load[np.abs(load).argmax(axis=0), np.arange(k)])
+    load *= np.where(flip == 0, 1.0, flip)
+    out = np.zeros((X.shape[1], d))
+    out[:, :k] = load
+    norms = np.linalg.norm(out[varies], axis=1)
+    return out / max(float(norms.mean()), 1e-12) if norms.size else out
+
+
+def init_gene_embedding(weight: torch.Tensor, rows: np.ndarray, vectors: np.ndarray, factor: float = 1.0) -> None:
+    """Overwrite ``weight[rows]`` (gene tokens) with ``vectors`` scaled to ``factor`` x the mean
+    row norm of the existing (random) initialisation; genes whose vector is zero keep their
+    random row."""
+    with torch.no_grad():
+        scale = float(weight.norm(dim=1).mean()) * factor
+        v = torch.as_tensor(vectors, dtype=weight.dtype)
+        nonzero = v.norm(dim=1) > 0
+        idx = torch.as_tensor(rows, dtype=torch.int64)
+        weight[idx[nonzero]] = v[nonzero] * scale
+
+
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
     """Linear warm-up to ``peak`` over warmup_frac * total steps, then linear decay to 0."""
     warm = max(1, int(round(warmup_frac * total)))
@@ -152,6 +200,10 @@ def write_geneformer_dir(path: Path, adata, train_idx: np.ndarray, cfg: Pretrain
         pad_token_id=GENEFORMER_SPECIALS["<pad>"], initializer_range=0.02, type_vocab_size=2)
     torch.manual_seed(cfg.seed)
     model = BertForMaskedLM(config)
+    if cfg.embedding_init == "coexpression":
+        vec = coexpression_embedding(X[train_idx][:, np.flatnonzero(has_id)], cfg.d_model)
+        init_gene_embedding(model.bert.embeddings.word_embeddings.weight,
+                            np.array([token_dict[str(e)] for e in ens]), vec, cfg.embedding_scale)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     _write_pickle(path / "token_dictionary_gc104M.pkl", token_dict)
@@ -335,7 +387,7 @@ def scgpt_args(cfg: PretrainConfig) -> dict:
             "trained_by": "sccircuits pretrain-demo (demo model, not scGPT)"}
 
 
-def write_scgpt_dir(path: Path, adata, cfg: PretrainConfig) -> None:
+def write_scgpt_dir(path: Path, adata, cfg: PretrainConfig, train_idx: np.ndarray | None = None) -> None:
     """An untrained (seeded) scGPT-architecture directory: vocabulary = the genes' symbols then
     the specials; best_model.pt holds encoder + decoder weights."""
     from .models.scgpt import ScGPTConfig, ScGPTModel
@@ -348,6 +400,12 @@ def write_scgpt_dir(path: Path, adata, cfg: PretrainConfig) -> None:
     torch.manual_seed(cfg.seed)
     model = ScGPTModel(mcfg, pad_id=vocab["<pad>"])
     decoder = ExprDecoder(cfg.d_model)
+    if cfg.embedding_init == "coexpression":
+        from .data import counts_matrix
+
+        X = counts_matrix(adata)
+        vec = coexpression_embedding(X if train_idx is None else X[train_idx], cfg.d_model)
+        init_gene_embedding(model.encoder.embedding.weight, np.arange(adata.n_vars), vec, cfg.embedding_scale)
     path.mkdir(parents=True, exist_ok=True)
     (path / "args.json").write_text(json.dumps(scgpt_args(cfg), indent=2) + "\n")
     (path / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
@@ -476,7 +534,7 @@ def pretrain_scgpt(adata, train_idx: np.ndarray, test_idx: np.ndarray, cfg: Pret
     """Write, train and evaluate the scGPT-architecture demo model at ``path``."""
     from .models.scgpt import ScGPTAdapter
 
-    write_scgpt_dir(path, adata, cfg)
+    write_scgpt_dir(path, adata, cfg, train_idx)
     adapter = ScGPTAdapter.from_pretrained(path)
     train_data, test_data = adata[train_idx], adata[test_idx]
     train, test = adapter.tokenize(train_data, seed=cfg.seed), adapter.tokenize(test_data, seed=cfg.seed)

@@ -34,6 +34,15 @@ class PretrainConfig:
     scgpt_mask_frac: float = option(0.4, "fraction of gene values masked (scGPT)")
     threads: int = option(1, "CPU threads for torch during training (1 is fastest on a busy machine)")
     max_cells: int | None = option(None, "use only the first N cells (for quick tests)")
+    embedding_init: str = option("coexpression", "gene token embeddings at the start of training: "
+                                 "'coexpression' (each gene's loadings on the top d_model principal components "
+                                 "of the training cells' log-normalised, gene-standardised expression, so "
+                                 "co-expressed genes start close) or 'random' (the architecture's own "
+                                 "initialisation, as the models before 2026-12-02)")
+    embedding_scale: float = option(4.0, "with 'coexpression': the gene rows' mean norm as a multiple of the "
+                                         "architecture's random-initialisation row norm (larger: gene identity "
+                                         "weighs more against position/value embeddings; 1, 2, 4 and 8 were measured "
+                                         "for the demo models' annotation rate, docs/demo-models.md)")
     data: str = option("blood", "bundled training cells: 'blood' (719 immune cells x 8,455 genes, "
                                 "sccircuits.datasets.blood) or 'pbmc' (700 PBMCs x 765 genes)")
 
@@ -48,6 +57,9 @@ class PretrainConfig:
             check(0.0 < getattr(self, name) < 1.0, f"{name} must be in (0, 1), got {getattr(self, name)}")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.max_cells is None or self.max_cells >= 10, "max_cells must be >= 10")
+        check(self.embedding_init in ("coexpression", "random"),
+              f"pretrain-demo: embedding_init must be 'coexpression' or 'random', got {self.embedding_init!r}")
+        check(self.embedding_scale > 0, f"pretrain-demo: embedding_scale must be > 0, got {self.embedding_scale}")
         check(self.data in ("blood", "pbmc"), f"pretrain-demo: data must be 'blood' or 'pbmc', got {self.data!r}")
 
     def kinds(self) -> list[str]:

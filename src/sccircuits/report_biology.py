@@ -192,15 +192,33 @@ def consensus_explained(cdir: Path | None, alpha: float = 0.05) -> str:
     head = nulls.get(order[0]) if order else None
     p = None if not head else head.get("p_value")
     if p is None or not (p < alpha):
-        per = cons.get("pairs_per_group") or {}
-        out += ("<p class='note'>No consensus domain pair reaches p &lt; {a} under the headline null: "
-                "{n} domain pair(s) are shared by both models (expected {e} under the null, p = {p}). "
-                "Domain pairs per model: {per}. A pair needs labelled source and target features in "
-                "both models' edge tables, and the two small demo models, trained on 719 cells, share "
-                "few labelled domains.</p>").format(
-            a=alpha, n=cons.get("n_consensus"), e=None if not head else round(float(head.get("expected") or 0), 2),
-            p=p, per=html.escape(json.dumps(per)))
+        out += "<p class='note'>" + html.escape(why_no_consensus(cons, head, alpha)) + "</p>"
     return out
+
+
+def why_no_consensus(cons: dict, head: dict | None, alpha: float = 0.05) -> str:
+    """The sentence explaining, with the comparison's numbers, why no consensus domain pair
+    reaches p < alpha under the headline null (``cons``: compare.json's consensus entry of one
+    edge set; ``head``: its headline null's summary)."""
+    per = cons.get("pairs_per_group") or {}
+    n = cons.get("n_consensus")
+    n_self = cons.get("n_consensus_self_pairs")
+    p = None if not head else head.get("p_value")
+    expected = None if not head else head.get("expected")
+    parts = [f"No consensus domain pair reaches p < {alpha} under the headline null"
+             + (f" ({cons['headline_null'].replace('_', ' ')})" if isinstance(cons.get("headline_null"), str) else "")
+             + ": " + ", ".join(f"{g} has {k} labelled domain pair(s)" for g, k in per.items())
+             + f"; {n} pair(s) are shared by both models"]
+    if expected is not None and p is not None:
+        parts.append(f"the null expects {float(expected):.2f} shared pair(s) (p = {float(p):.3g}, "
+                     f"{head.get('n_draws')} draws)")
+    if n_self:
+        parts.append(f"{n_self} of the shared pairs link a domain to itself; the headline null keeps "
+                     "every self pair, so these are shared in every draw and cannot be significant")
+    if per and min(per.values()) < 5:
+        parts.append("with so few labelled domain pairs per model even a complete overlap would not be "
+                     "surprising: a pair needs labelled source and target features in both models' edge tables")
+    return "; ".join(parts) + "."
 
 
 def biology_section(runs, cdir: Path | None, edges_of) -> str:
