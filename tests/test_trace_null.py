@@ -217,6 +217,70 @@ def test_null_criterion_keeps_nothing_without_signal():
     assert not edges["edge"].any() and edges["passes_published"].sum() > 500
 
 
+def _rescaling_accumulators(rng, n_cells=40, F=20, K=10, T=30, edges=((0, 3, -0.8), (1, 7, 0.8), (12, 5, 0.5)),
+                            n_loud=10):
+    """Per-source generic rescaling: the first ``n_loud`` real sources (as if their own downstream
+    writes changed the stream's norm) shift every target by their own loading times the target's
+    share (one common profile, varied per source), the null draws (features without such writes)
+    and the other sources barely; three planted edges add on top, one of them on a quiet source."""
+    profile = rng.uniform(0.5, 1.5, T)
+    clean = np.full((1, T), 2.0)
+
+    def stats(loadings, planted):
+        slots, obs, size = [], [], []
+        for f, a in enumerate(loadings):
+            z = rng.uniform(0.5, 1.5, n_cells)
+            share = profile * rng.uniform(0.5, 1.5, T)
+            x = z[:, None] * (a * share)[None, :] + rng.normal(0, 0.02, (n_cells, T))
+            for g_f, g, w in planted:
+                if g_f == f:
+                    x[:, g] += w * z
+            slots += [f] * n_cells
+            obs.append(x)
+            size.append(z)
+        obs = np.concatenate(obs)
+        return PairStats.from_observations(np.array(slots), obs, len(loadings), np.repeat(clean, len(obs), 0),
+                                           np.concatenate(size))
+
+    loud = rng.uniform(0.1, 0.3, n_loud) * rng.choice([-1, 1], n_loud)
+    acc = Accumulators({0: np.arange(F)}, {0: [1]}, {1: T}, null_features={0: np.arange(K)})
+    acc.pairs[("real", 0, 1)] = stats(np.r_[loud, rng.normal(0, 0.005, F - n_loud)], edges)
+    acc.pairs[("null", 0, 1)] = stats(rng.normal(0, 0.005, K), ())
+    acc.active = {0: np.full(F, n_cells)}
+    return acc
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_source_norm_rejects_per_source_rescaling_the_plain_null_passes(seed):
+    """The plain per-target null (``source_norm="none"``) passes the loud sources' shifts on most
+    targets and, since its draws have no such shift, estimates no false edge at all; centring and
+    scaling each source's z over its targets (``median_mad``, null draws alike) keeps exactly the
+    planted edges with their signs, and nothing when none is planted."""
+    from sccircuits.trace.edges import estimated_fdr
+
+    acc = _rescaling_accumulators(np.random.default_rng(seed))
+    edges, _, null = build_tables(acc, Thresholds(min_cells=3, source_norm="none"), "m")
+    plain = edges[edges["edge"]]
+    assert len(plain) > 150 and estimated_fdr(null)["null"] < 0.05  # fooled: hundreds of false edges, estimate ~0
+    edges, _, null = build_tables(acc, Thresholds(min_cells=3, source_norm="median_mad"), "m")
+    kept = edges[edges["edge"]].sort_values("source_feature")
+    assert set(zip(kept.source_feature, kept.target_feature)) == {(0, 3), (1, 7), (12, 5)}
+    assert (np.sign(kept.cohens_d.to_numpy()) == [-1, 1, 1]).all()
+    assert estimated_fdr(null)["null"] == 0.0
+    none = _rescaling_accumulators(np.random.default_rng(seed), edges=())
+    edges, _, null = build_tables(none, Thresholds(min_cells=3, source_norm="median_mad"), "m")
+    assert not edges["edge"].any() and estimated_fdr(null)["null"] == 0.0
+
+
+def test_source_norm_median_mad_rows():
+    from sccircuits.trace.edges import median_mad
+
+    z = np.array([[1.0, 2.0, 3.0, 100.0, np.nan], [0.1, -0.1, 0.2, 0.0, 0.1], [np.nan] * 5])
+    med, spread = median_mad(z)
+    np.testing.assert_allclose(med, [2.5, 0.1, 0.0])
+    np.testing.assert_allclose(spread, [1.4826, 1.0, 1.0])  # MAD of row 0 is 1; row 1's is below 1: never narrower
+
+
 @pytest.mark.parametrize("kind", ["geneformer"])
 def test_planted_edge_survives_planted_non_edge_rejected(kind, tmp_path):
     """A small planted circuit: the default criterion keeps strong planted edges with their sign

@@ -29,7 +29,9 @@ is the column :data:`EDGE_COLUMN` that every downstream stage reads:
   from a few hundred draws could not reach BH thresholds); ``q_null`` BH over every test of the run. An edge has q_null <= fdr, ``rel_change`` = |mean_delta - m_g size| / (the target's
   mean clean activation at the averaged positions) >= min_rel_change, nonzero consistency >
   consistency_threshold, at least min_cells cells with a nonzero change, and the change beyond
-  the null has the sign of the mean change. No cap.
+  the null has the sign of the mean change. No cap. With ``source_norm="median_mad"`` each
+  source's z (and each null draw's) is first centred on its median over the block's targets and
+  divided by its robust spread, and "beyond the null" includes that median (:func:`null_z`).
 
 The estimated FDR of a criterion is (null draws passing it, scaled to the number of real tests)
 / (real tests passing it), per layer pair and summed over the run (:func:`null_floor`).
@@ -82,11 +84,12 @@ class Thresholds:
     criterion: str = "null"
     fdr: float = 0.05
     min_rel_change: float = 0.05
+    source_norm: str = "none"
 
     @classmethod
     def from_config(cls, cfg) -> "Thresholds":
         return cls(cfg.d_threshold, cfg.consistency_threshold, cfg.consistency_kind, cfg.min_cells,
-                   cfg.max_q, cfg.top_per_layer, cfg.criterion, cfg.fdr, cfg.min_rel_change)
+                   cfg.max_q, cfg.top_per_layer, cfg.criterion, cfg.fdr, cfg.min_rel_change, cfg.source_norm)
 
 
 def consistency(pos: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -142,17 +145,45 @@ def _shrunk_var(v: np.ndarray, df: np.ndarray | float, prior: float) -> np.ndarr
     return (df * v + NULL_PRIOR_DF * prior) / (df + NULL_PRIOR_DF)
 
 
-def null_z(real: PairStats, null: PairStats, min_cells: int
+def median_mad(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of z (a source's or null draw's z over the targets of a layer pair): the median
+    and the spread 1.4826 x MAD, at least 1 (NaN ignored; 0 and 1 for an all-NaN row)."""
+    z = np.where(np.isfinite(z), z, np.nan)
+    med, spread = np.zeros(len(z)), np.ones(len(z))
+    rows = np.isfinite(z).any(1)
+    if rows.any():
+        med[rows] = np.nanmedian(z[rows], axis=1)
+        spread[rows] = np.maximum(1.4826 * np.nanmedian(np.abs(z[rows] - med[rows, None]), axis=1), 1.0)
+    return med, spread
+
+
+def _source_norm(z: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(z centred on its row median and divided by its row spread, the row median in change per
+    unit norm: median x ``scale`` of each target) (:func:`median_mad`)."""
+    med, spread = median_mad(z)
+    return (z - med[:, None]) / spread[:, None], med[:, None] * scale
+
+
+def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = "none"
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-target null comparison of one (source layer, target layer) block.
 
     Returns ``(z, z_null, m, size, m_null)``: z (F, T) of each real test against its target's
     null draws, leave-one-out z (K, T) of each null draw against the other draws (NaN where a
-    draw has fewer than ``min_cells`` cells), the null location per target m (T,) in change per
-    unit norm, the real tests' mean ablation norm (F,), and the leave-one-out location (K, T)
-    each null draw is compared with (so a draw's effect beyond the null is measured as a real
-    test's is: against draws it is not part of). Both z are scaled to unit variance under the
-    null (factor sqrt(1 + 1/K))."""
+    draw has fewer than ``min_cells`` cells), the location m (F, T) each real test's change per
+    unit norm is compared with, the real tests' mean ablation norm (F,), and the leave-one-out
+    location (K, T) each null draw is compared with (so a draw's effect beyond the null is
+    measured as a real test's is: against draws it is not part of). Both z are scaled to unit
+    variance under the null (factor sqrt(1 + 1/K)).
+
+    The location is the null draws' mean per target; with ``source_norm="median_mad"`` each
+    row (real source or null draw alike) is also centred on its own median z over the targets
+    and divided by its own spread (:func:`median_mad`), and its location includes that median
+    (converted to change per unit norm with each target's null scale). A source whose ablation
+    shifts every target of the layer (its downstream writes change the stream's norm, and the
+    next LayerNorm rescales all targets; the null draws, features without such writes, show no
+    such shift) is then judged by how far a target stands out from its own other targets;
+    specific edges are a few targets of a layer."""
     r, size = _per_unit(real)
     rn, _ = _per_unit(null)
     ok = null.n >= max(min_cells, 2)
@@ -161,21 +192,29 @@ def null_z(real: PairStats, null: PairStats, min_cells: int
     nan = np.full((len(null.n), T), np.nan)
     m_null = nan.copy()
     if K < 3:
-        return np.full(r.shape, np.nan), nan, np.full(T, np.nan), size, m_null
+        return np.full(r.shape, np.nan), nan, np.full(r.shape, np.nan), size, m_null
     m = x.mean(0)
     v = x.var(0, ddof=1)
     pos = v[v > 0]
     prior = float(np.median(pos)) if pos.size else 0.0
     s2 = _shrunk_var(v, K - 1, prior)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = (r - m) / np.sqrt(s2 * (1 + 1 / K))
+        scale = np.sqrt(s2 * (1 + 1 / K))
+        z = (r - m) / scale
         # leave-one-out: each draw against the K - 1 others
         tot, tot2 = x.sum(0), (x ** 2).sum(0)
         m_o = (tot - x) / (K - 1)
         v_o = np.maximum((tot2 - x ** 2 - (K - 1) * m_o ** 2) / (K - 2), 0.0)
-        zn = (x - m_o) / np.sqrt(_shrunk_var(v_o, K - 2, prior) * (1 + 1 / (K - 1)))
+        scale_o = np.sqrt(_shrunk_var(v_o, K - 2, prior) * (1 + 1 / (K - 1)))
+        zn = (x - m_o) / scale_o
     z = np.where(np.isfinite(z), z, np.nan)
-    nan[ok] = np.where(np.isfinite(zn), zn, np.nan)
+    zn = np.where(np.isfinite(zn), zn, np.nan)
+    m = np.broadcast_to(m, z.shape)
+    if source_norm == "median_mad":
+        z, shift = _source_norm(z, np.where(np.isfinite(scale), scale, 0.0)[None, :])
+        zn, shift_n = _source_norm(zn, np.where(np.isfinite(scale_o), scale_o, 0.0))
+        m, m_o = m + shift, m_o + shift_n
+    nan[ok] = zn
     m_null[ok] = m_o
     return z, nan, m, size, m_null
 
@@ -257,8 +296,8 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         return blocks, 0.0
     for (s, t), b in blocks.items():
         real, null = acc.pairs[("real", s, t)], acc.pairs[("null", s, t)]
-        b.z, b.null_z, m, size, m_null = null_z(real, null, th.min_cells)
-        b.effect = real.mean - m[None, :] * size[:, None]
+        b.z, b.null_z, m, size, m_null = null_z(real, null, th.min_cells, th.source_norm)
+        b.effect = real.mean - m * size[:, None]
         b.rel = _rel_change(b.effect, real)
         b.null_st = pair_statistics(null, th.min_cells)
         _, nsize = _per_unit(null)
