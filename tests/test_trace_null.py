@@ -170,6 +170,25 @@ def test_null_directions_and_statistics_do_not_depend_on_chunking(setup):
             np.testing.assert_allclose(b.pairs[key].size, ps.size, rtol=1e-6)
 
 
+def _pair_stats(rng, n_cells, T, shifts, planted, clean, noise):
+    """Observations of ``len(shifts)`` slots: slot f's ablation (size z per cell) shifts every
+    target by ``z * shifts[f]()`` (a callable, drawn after z) plus noise, and each planted
+    (slot, target, weight) adds ``weight * z``."""
+    slots, obs, size = [], [], []
+    for f, shift in enumerate(shifts):
+        z = rng.uniform(0.5, 1.5, n_cells)  # ablation size per cell
+        x = z[:, None] * shift()[None, :] + rng.normal(0, noise, (n_cells, T))
+        for g_f, g, w in planted:
+            if g_f == f:
+                x[:, g] += w * z
+        slots += [f] * n_cells
+        obs.append(x)
+        size.append(z)
+    obs = np.concatenate(obs)
+    return PairStats.from_observations(np.array(slots), obs, len(shifts), np.repeat(clean, len(obs), 0),
+                                       np.concatenate(size))
+
+
 def _fooling_accumulators(rng, n_cells=40, F=20, K=10, T=30, edges=((0, 3, -0.5), (1, 7, 0.4))):
     """Every ablation (real or null) shifts every target by a target-specific generic amount
     (popular targets a lot, consistently: |d| is huge everywhere); two planted edges add on top."""
@@ -177,19 +196,7 @@ def _fooling_accumulators(rng, n_cells=40, F=20, K=10, T=30, edges=((0, 3, -0.5)
     clean = np.full((1, T), 2.0)
 
     def stats(n_slots, planted):
-        slots, obs, size = [], [], []
-        for f in range(n_slots):
-            z = rng.uniform(0.5, 1.5, n_cells)  # ablation size per cell
-            x = z[:, None] * generic[None, :] + rng.normal(0, 0.01, (n_cells, T))
-            for g_f, g, w in planted:
-                if g_f == f:
-                    x[:, g] += w * z
-            slots += [f] * n_cells
-            obs.append(x)
-            size.append(z)
-        obs = np.concatenate(obs)
-        return PairStats.from_observations(np.array(slots), obs, n_slots, np.repeat(clean, len(obs), 0),
-                                           np.concatenate(size))
+        return _pair_stats(rng, n_cells, T, [lambda: generic] * n_slots, planted, clean, 0.01)
 
     acc = Accumulators({0: np.arange(F)}, {0: [1]}, {1: T}, null_features={0: np.arange(K)})
     acc.pairs[("real", 0, 1)] = stats(F, edges)
@@ -227,20 +234,8 @@ def _rescaling_accumulators(rng, n_cells=40, F=20, K=10, T=30, edges=((0, 3, -0.
     clean = np.full((1, T), 2.0)
 
     def stats(loadings, planted):
-        slots, obs, size = [], [], []
-        for f, a in enumerate(loadings):
-            z = rng.uniform(0.5, 1.5, n_cells)
-            share = profile * rng.uniform(0.5, 1.5, T)
-            x = z[:, None] * (a * share)[None, :] + rng.normal(0, 0.02, (n_cells, T))
-            for g_f, g, w in planted:
-                if g_f == f:
-                    x[:, g] += w * z
-            slots += [f] * n_cells
-            obs.append(x)
-            size.append(z)
-        obs = np.concatenate(obs)
-        return PairStats.from_observations(np.array(slots), obs, len(loadings), np.repeat(clean, len(obs), 0),
-                                           np.concatenate(size))
+        return _pair_stats(rng, n_cells, T, [lambda a=a: a * profile * rng.uniform(0.5, 1.5, T) for a in loadings],
+                           planted, clean, 0.02)
 
     loud = rng.uniform(0.1, 0.3, n_loud) * rng.choice([-1, 1], n_loud)
     acc = Accumulators({0: np.arange(F)}, {0: [1]}, {1: T}, null_features={0: np.arange(K)})
