@@ -145,6 +145,31 @@ def test_tiny_pretrain_writes_loadable_dirs_deterministically(tmp_path):
     assert {"decoder.fc.0.weight", "decoder.fc.4.bias"} <= set(sc)
 
 
+def test_freeze_embeddings_keeps_the_initial_gene_embeddings(tmp_path):
+    """--freeze-embeddings: both models end training with exactly the gene embeddings they
+    started with (the untrained directory of the same options), while the rest of the network
+    trains; without it the embeddings move."""
+    from sccircuits.pretrain import write_geneformer_dir, write_scgpt_dir
+
+    adata = datasets.blood()[:TINY["max_cells"]].copy()
+    train_idx, _ = split_cells(adata.n_obs, 0.1, 0)
+    base = {k: v for k, v in TINY.items() if k != "max_cells"}
+    init_cfg = PretrainConfig(out="x", **base)
+    write_geneformer_dir(tmp_path / "init-gf", adata, train_idx, init_cfg)
+    write_scgpt_dir(tmp_path / "init-sc", adata, init_cfg, train_idx)
+    init = {"geneformer": _weights(tmp_path / "init-gf"), "scgpt": _weights(tmp_path / "init-sc")}
+    emb = {"geneformer": "bert.embeddings.word_embeddings.weight", "scgpt": "encoder.embedding.weight"}
+    other = {"geneformer": "bert.encoder.layer.0.attention.self.query.weight",
+             "scgpt": "transformer_encoder.layers.0.self_attn.out_proj.weight"}
+    for freeze in (True, False):
+        pretrain_demo(PretrainConfig(out=str(tmp_path / str(freeze)), freeze_embeddings=freeze, **TINY),
+                      adata=adata)
+        for kind in ("geneformer", "scgpt"):
+            w = _weights(tmp_path / str(freeze) / f"demo-{kind}")
+            assert torch.equal(w[emb[kind]], init[kind][emb[kind]]) == freeze, (kind, freeze)
+            assert not torch.equal(w[other[kind]], init[kind][other[kind]]), kind
+
+
 def test_one_kind_only_and_cli_rejects_bad_kind(tmp_path):
     from typer.testing import CliRunner
 
@@ -174,6 +199,20 @@ def test_shipped_geneformer_beats_frequency_baseline_on_held_out_cells():
     ev = evaluate_geneformer(m.model, train, test, frac=0.15, seed=123)
     assert ev["n_masked"] > 300
     assert ev["trained"] > ev["frequency_baseline"] and ev["trained"] > ev["position_frequency_baseline"]
+
+
+def test_shipped_geneformer_keeps_its_coexpression_gene_embeddings(tmp_path):
+    """The shipped Geneformer-arch. model was trained with frozen co-expression gene embeddings
+    (docs/demo-models.md): its gene rows are exactly those of an untrained model built with the
+    options in its training.json."""
+    from sccircuits.pretrain import write_geneformer_dir
+
+    adata, info, tr, _ = _blood_split("geneformer")
+    opts = info["options"]
+    assert opts["freeze_embeddings"] and opts["embedding_init"] == "coexpression"
+    write_geneformer_dir(tmp_path, adata, tr, PretrainConfig(**opts))
+    name = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(_weights(datasets.demo_model_path("geneformer"))[name], _weights(tmp_path)[name])
 
 
 def test_shipped_scgpt_beats_frequency_baseline_on_held_out_cells():

@@ -39,7 +39,9 @@ class DemoConfig:
     n_features: int = option(8, "source features per source layer (chosen by annotation richness)")
     source_layers: str = option("first,middle", "source layers: 'first,middle' or explicit, e.g. '0,2'")
     sae_epochs: int = option(5, "SAE training epochs")
-    sae_expansion: int = option(4, "SAE expansion factor")
+    sae_expansion: int = option(2, "SAE expansion factor (2 on the d_model-64 demo models: fewer, broader "
+                                   "features are more often gene-set labelled there; with k 4, expansion 4 "
+                                   "labelled 10-28% of features per layer, expansion 2 16-39%, docs/demo-models.md)")
     sae_k: int = option(4, "SAE TopK (4 on the d_model-64 demo models: sparser features are more gene-set "
                             "coherent there; k 32 labelled 6-12% of features per layer, k 4 10-28%, "
                             "docs/demo-models.md)")

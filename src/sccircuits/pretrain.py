@@ -262,8 +262,10 @@ def train_geneformer(model, cells: TokenizedCells, cfg: PretrainConfig, gene_tok
             ids, att, lab = _geneformer_batch(cells, idx, GENEFORMER_SPECIALS["<pad>"], masked)
             yield lambda: _masked_lm_loss(model, ids, att, lab)
 
+    if cfg.freeze_embeddings:
+        model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     model.train()
-    history = _optimise(list(model.parameters()), cfg, cfg.epochs * steps_per_epoch, "geneformer demo", epoch_batches)
+    history = _optimise([p for p in model.parameters() if p.requires_grad], cfg, cfg.epochs * steps_per_epoch, "geneformer demo", epoch_batches)
     model.eval()
     return history
 
@@ -452,7 +454,9 @@ def train_scgpt(model, decoder, cells_for_epoch, cfg: PretrainConfig, pad_id: in
     Returns the mean loss of each epoch."""
     rng = np.random.default_rng(cfg.seed + 1)
     mcfg = model.cfg
-    params = list(model.parameters()) + list(decoder.parameters())
+    if cfg.freeze_embeddings:
+        model.encoder.embedding.weight.requires_grad_(False)
+    params = [p for p in list(model.parameters()) + list(decoder.parameters()) if p.requires_grad]
     steps_per_epoch = -(-len(cells_for_epoch(0)) // cfg.batch_size)
 
     def epoch_batches(epoch: int):

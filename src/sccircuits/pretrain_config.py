@@ -43,6 +43,9 @@ class PretrainConfig:
                                          "architecture's random-initialisation row norm (larger: gene identity "
                                          "weighs more against position/value embeddings; 1, 2, 4 and 8 were measured "
                                          "for the demo models' annotation rate, docs/demo-models.md)")
+    freeze_embeddings: bool = option(False, "keep the gene token embeddings at their initial values during "
+                                            "training (with 'coexpression': the co-expression structure survives "
+                                            "unchanged; Geneformer's tied output embedding is frozen with them)")
     data: str = option("blood", "bundled training cells: 'blood' (719 immune cells x 8,455 genes, "
                                 "sccircuits.datasets.blood) or 'pbmc' (700 PBMCs x 765 genes)")
 
