@@ -326,3 +326,74 @@ def test_calibration_feature_null_tracks_no_path_false_edges_mixed_does_not(tmp_
     for q in (0.2, 0.5):
         assert f.loc[q, "fp_no_path"] <= 1.5 * f.loc[q, "expected_false_no_path"] + 1
         assert m.loc[q, "fp_no_path"] > 2.5 * m.loc[q, "expected_false_no_path"]
+
+
+def _heavy_tailed_accumulators(rng, n_cells=40, F=20, K=20, T=30):
+    """No real effect: every ablation, real source or null draw alike, shifts each target by its
+    own Cauchy-distributed amount (times a per-target scale), consistently across cells, so real
+    sources are exchangeable with the draws but the per-target spread is heavy-tailed (a few
+    draws far out, most close): the widened-t p of the null criterion is too small in the tail."""
+    scale = rng.uniform(0.5, 2.0, T)
+    clean = np.full((1, T), 2.0)
+
+    def stats(n_slots):
+        return _pair_stats(rng, n_cells, T, [lambda: 0.05 * scale * rng.standard_t(1.0, T)] * n_slots, (), clean, 0.01)
+
+    acc = Accumulators({0: np.arange(F)}, {0: [1]}, {1: T}, null_features={0: np.arange(K)})
+    acc.pairs[("real", 0, 1)] = stats(F)
+    acc.pairs[("null", 0, 1)] = stats(K)
+    acc.active = {0: np.full(F, n_cells)}
+    return acc
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_decoy_threshold_keeps_nothing_when_sources_are_exchangeable_with_heavy_tailed_draws(seed):
+    """BH on the widened-t p keeps 15+ edges whose null draws pass as often (estimated FDR >=
+    50%); the knockoff+ style target-decoy cut keeps none, with either score, and the plain
+    decoy cut on |null z| at most one."""
+    from sccircuits.trace.edges import estimated_fdr
+
+    acc = _heavy_tailed_accumulators(np.random.default_rng(seed))
+    edges, _, null = build_tables(acc, Thresholds(min_cells=3), "m")
+    assert edges["edge"].sum() >= 15 and estimated_fdr(null)["null"] >= 0.5
+    for score in ("null_z", "d"):
+        edges, _, _ = build_tables(acc, Thresholds(min_cells=3, threshold="decoy_plus", decoy_score=score), "m")
+        assert not edges["edge"].any()
+    edges, _, _ = build_tables(acc, Thresholds(min_cells=3, threshold="decoy"), "m")
+    assert edges["edge"].sum() <= 1
+
+
+def test_decoy_threshold_keeps_planted_edges():
+    """The generic-shift case with planted edges: the decoy cut keeps exactly the planted edges
+    with their signs. Knockoff+ (one null pass added) needs at least (real / null tests) / fdr
+    edges before it can keep any: with 2 planted edges it keeps none, with 30 it keeps them all."""
+    from sccircuits.trace.edges import estimated_fdr
+
+    acc = _fooling_accumulators(np.random.default_rng(0))
+    for score in ("null_z", "d"):
+        edges, _, null = build_tables(acc, Thresholds(min_cells=3, threshold="decoy", decoy_score=score), "m")
+        kept = edges[edges["edge"]].sort_values("source_feature")
+        assert set(zip(kept.source_feature, kept.target_feature)) == {(0, 3), (1, 7)}
+        assert (np.sign(kept.cohens_d.to_numpy()) == [-1, 1]).all()
+        assert estimated_fdr(null)["null"] == 0.0
+    edges, _, _ = build_tables(acc, Thresholds(min_cells=3, threshold="decoy_plus"), "m")
+    assert not edges["edge"].any()
+    rng = np.random.default_rng(1)
+    planted = {(f, g): 0.5 * rng.choice([-1, 1]) for f, g in zip(rng.integers(0, 20, 60), rng.integers(0, 30, 60))}
+    planted = dict(list(planted.items())[:30])
+    acc = _fooling_accumulators(rng, K=20, edges=tuple((f, g, w) for (f, g), w in planted.items()))
+    edges, _, _ = build_tables(acc, Thresholds(min_cells=3, threshold="decoy_plus"), "m")
+    kept = edges[edges["edge"]]
+    assert set(zip(kept.source_feature, kept.target_feature)) == set(planted)
+    assert all(np.sign(d) == np.sign(planted[(f, g)]) for f, g, d in zip(kept.source_feature, kept.target_feature, kept.cohens_d))
+
+
+def test_threshold_options_validated():
+    from sccircuits.errors import ConfigError
+    from sccircuits.trace import TraceConfig
+
+    assert TraceConfig(threshold="decoy", decoy_score="d").decoy_score == "d"
+    with pytest.raises(ConfigError, match="threshold must be one of"):
+        TraceConfig(threshold="knockoff")
+    with pytest.raises(ConfigError, match="decoy_score must be one of"):
+        TraceConfig(threshold="decoy", decoy_score="p")

@@ -85,11 +85,14 @@ class Thresholds:
     fdr: float = 0.05
     min_rel_change: float = 0.05
     source_norm: str = "none"
+    threshold: str = "bh"
+    decoy_score: str = "null_z"
 
     @classmethod
     def from_config(cls, cfg) -> "Thresholds":
         return cls(cfg.d_threshold, cfg.consistency_threshold, cfg.consistency_kind, cfg.min_cells,
-                   cfg.max_q, cfg.top_per_layer, cfg.criterion, cfg.fdr, cfg.min_rel_change, cfg.source_norm)
+                   cfg.max_q, cfg.top_per_layer, cfg.criterion, cfg.fdr, cfg.min_rel_change, cfg.source_norm,
+                   cfg.threshold, cfg.decoy_score)
 
 
 def consistency(pos: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -254,7 +257,7 @@ def _rel_change(effect: np.ndarray, ps: PairStats) -> np.ndarray:
 def _passes_null_rule(st: dict, effect: np.ndarray, rel: np.ndarray, p: np.ndarray, p_cut: float,
                       th: Thresholds) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return (st["valid"] & (np.nan_to_num(p, nan=2.0) <= p_cut) & (rel >= th.min_rel_change)
+        return (st["valid"] & (np.nan_to_num(p, nan=np.inf) <= p_cut) & (rel >= th.min_rel_change)
                 & (np.nan_to_num(st["consistency_nonzero"], nan=0.0) > th.consistency_threshold)
                 & (st["informative"] >= th.min_cells) & (np.sign(effect) == np.sign(st["mean"])))
 
@@ -276,6 +279,8 @@ class _Block:
     null_z: np.ndarray | None = None
     null_effect: np.ndarray | None = None
     null_rel: np.ndarray | None = None
+    sig: np.ndarray | None = None
+    null_sig: np.ndarray | None = None
 
 
 def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
@@ -313,9 +318,67 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
     flat = np.concatenate([b.p_null.ravel() for b in blocks.values()])
     q = bh_fdr(flat)
     _split(blocks, q, "q_null")
+    for b in blocks.values():
+        # what the cut applies to (smaller = more significant): the null p, or -|d| (decoy_score d)
+        if th.threshold != "bh" and th.decoy_score == "d":
+            b.sig, b.null_sig = -np.abs(b.st["d"]), -np.abs(b.null_st["d"])
+        else:
+            b.sig, b.null_sig = b.p_null, b.null_p
+    if th.threshold != "bh":
+        return blocks, decoy_cut(acc, blocks, th)
     with np.errstate(invalid="ignore"):
         rejected = flat[np.nan_to_num(q, nan=2.0) <= th.fdr]
     return blocks, float(rejected.max()) if rejected.size else 0.0
+
+
+_ANY = float(np.finfo(np.float64).max)
+"""A cut every finite score passes (the gates without the cut)."""
+
+
+def _null_gated(acc: Accumulators, b: _Block, th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """(score of the real tests passing every gate of the null rule but the cut, the same for the
+    block's null-draw tests (leave-one-out, as :func:`null_floor` counts them))."""
+    real = _passes_null_rule(b.st, b.effect, b.rel, b.sig, _ANY, th)
+    nst = dict(b.null_st, valid=b.null_st["valid"] & np.isfinite(b.null_z))
+    null = _passes_null_rule(nst, b.null_effect, b.null_rel, b.null_sig, _ANY, th)
+    return b.sig[real], b.null_sig[null]
+
+
+def decoy_cut(acc: Accumulators, blocks: dict, th: Thresholds) -> float:
+    """Target-decoy cut of the null rule (``threshold="decoy"`` / ``"decoy_plus"``).
+
+    Every real test and every null-draw test that passes the null rule's other gates (magnitude
+    floor, nonzero consistency, informative cells, sign) is scored, smaller = stronger, by
+    (``decoy_score``) ``null_z``: its p against the empirical null (a monotone function of its
+    |null z|, so only the ranking matters, not how well the widened t fits the draws), or ``d``:
+    -|cohen's d|. For a cut c, the estimated FDR is (null-draw tests with score <= c,
+    each block's count scaled to its number of real tests as :func:`null_floor` scales them)
+    / (real tests with score <= c); the cut is the largest real score at which that is <= ``fdr`` (-inf, i.e.
+    no edge, when none is). ``decoy_plus`` adds one null-draw pass (at the run's overall scale) to
+    the numerator, as knockoff+ does: it cannot keep a handful of edges on the strength of zero
+    null passes."""
+    real_p, null_p_, weight = [], [], []  # scores (smaller = stronger)
+    n_real_tests = n_null_tests = 0
+    for b in blocks.values():
+        rp, npv = _null_gated(acc, b, th)
+        n_real = int(b.st["valid"].sum())
+        n_null = int(b.null_st["valid"].sum())
+        n_real_tests, n_null_tests = n_real_tests + n_real, n_null_tests + n_null
+        real_p.append(rp)
+        null_p_.append(npv)
+        weight.append(np.full(npv.size, n_real / n_null if n_null else 0.0))
+    rp, npv, w = np.concatenate(real_p), np.concatenate(null_p_), np.concatenate(weight)
+    if not rp.size:
+        return -np.inf
+    cuts = np.unique(rp)
+    n_real_at = np.searchsorted(np.sort(rp), cuts, side="right")
+    order = np.argsort(npv, kind="stable")
+    cum_w = np.r_[0.0, np.cumsum(w[order])]
+    expected = cum_w[np.searchsorted(npv[order], cuts, side="right")]
+    if th.threshold == "decoy_plus":
+        expected = expected + (n_real_tests / n_null_tests if n_null_tests else 0.0)
+    ok = expected / n_real_at <= th.fdr
+    return float(cuts[ok].max()) if ok.any() else -np.inf
 
 
 def _null_df(acc: Accumulators) -> float:
@@ -359,8 +422,8 @@ def null_floor(acc: Accumulators, th: Thresholds, blocks: dict | None = None, p_
                "n_null_passing_null": 0, "n_real_passing_null": 0, "expected_false_null": np.nan}
         if b.z is not None:
             nst = dict(nst, valid=nst["valid"] & np.isfinite(b.null_z))
-            n_np = int(_passes_null_rule(nst, b.null_effect, b.null_rel, b.null_p, p_cut, th).sum())
-            real_np = int(_passes_null_rule(b.st, b.effect, b.rel, b.p_null, p_cut, th).sum())
+            n_np = int(_passes_null_rule(nst, b.null_effect, b.null_rel, b.null_sig, p_cut, th).sum())
+            real_np = int(_passes_null_rule(b.st, b.effect, b.rel, b.sig, p_cut, th).sum())
             row.update(n_null_passing_null=n_np, n_real_passing_null=real_np, expected_false_null=n_np * ratio)
         rows.append(row)
     return pd.DataFrame(rows, columns=NULL_COLUMNS)
@@ -427,7 +490,7 @@ def build_tables(acc: Accumulators, th: Thresholds, model: str,
     edge_parts, feat_rows = [], []
     for (s, t), b in sorted(blocks.items()):
         st, q = b.st, b.q
-        null_ok = (_passes_null_rule(st, b.effect, b.rel, b.p_null, p_cut, th) if b.z is not None
+        null_ok = (_passes_null_rule(st, b.effect, b.rel, b.sig, p_cut, th) if b.z is not None
                    else np.zeros(st["d"].shape, bool))
         slot, g = np.nonzero(b.published | null_ok)
         feats = acc.features[s]
