@@ -33,6 +33,11 @@ is the column :data:`EDGE_COLUMN` that every downstream stage reads:
   source's z (and each null draw's) is first centred on its median over the block's targets and
   divided by its robust spread, and "beyond the null" includes that median (:func:`null_z`).
 
+With ``threshold="decoy"`` / ``"decoy_plus"`` the null rule's cut is chosen by target-decoy
+counting instead of BH (:func:`decoy_cut`): real and null-draw tests passing the other gates are
+ranked by one score (``decoy_score``: the null p, or |d|) and the cut is the loosest whose
+estimated FDR is <= fdr.
+
 The estimated FDR of a criterion is (null draws passing it, scaled to the number of real tests)
 / (real tests passing it), per layer pair and summed over the run (:func:`null_floor`).
 """
