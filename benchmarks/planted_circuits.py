@@ -11,7 +11,7 @@ FDR and where the false edges come from (:func:`sccircuits.models.planted.calibr
 Prints two markdown tables and writes them to --out as JSON.
 
     PYTHONPATH=src python benchmarks/planted_circuits.py --out /tmp/planted [--cells 60] [--seeds 0,1]
-        [--null-directions feature,mixed] [--variant wide|narrow] [--rescore] [--source-norm median_mad]
+        [--null-directions feature,mixed] [--variant wide|narrow] [--rescore] [--source-norm median_mad] [--threshold decoy] [--decoy-score d]
 
 Variants: ``wide`` (d_model 96, 24 traced sources of which 12 planted with 2 edges each, 24
 targets) and ``narrow`` (d_model 48, 16 traced sources of which 8 planted, 16 targets: the
@@ -33,8 +33,8 @@ VARIANTS = {"wide": {}, "narrow": {"d_model": 48, "n_source_dict": 24, "n_traced
 
 
 def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, rescore: bool,
-            null_directions: str = "feature", variant: str = "wide", source_norm: str | None = None
-            ) -> tuple[list[dict], list[dict]]:
+            null_directions: str = "feature", variant: str = "wide", source_norm: str | None = None,
+            scoring: dict | None = None) -> tuple[list[dict], list[dict]]:
     from sccircuits.models.planted import calibration, make_planted, score_edges
     from sccircuits.rundir import RunDir
     from sccircuits.trace import Accumulators, Thresholds, TraceConfig, build_tables, trace
@@ -54,7 +54,7 @@ def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, 
     m = RunDir(run, create=False).stage("trace")["metrics"]
     # tables from the saved statistics with the current default thresholds
     acc, _ = Accumulators.load(run / "trace" / "accumulators.npz")
-    base = Thresholds.from_config(TraceConfig(**({"source_norm": source_norm} if source_norm else {})))
+    base = Thresholds.from_config(TraceConfig(**({"source_norm": source_norm} if source_norm else {}), **(scoring or {})))
     e, _, null = build_tables(acc, base, kind)
     fdr = estimated_fdr(null)
     n_traced, n_targets = len(acc.features[min(acc.features)]), next(iter(acc.target_sizes.values()))
@@ -91,16 +91,21 @@ def main() -> None:
     ap.add_argument("--variant", default="wide", choices=sorted(VARIANTS), help="planted construction (see above)")
     ap.add_argument("--rescore", action="store_true", help="score runs already traced under --out again (no tracing)")
     ap.add_argument("--source-norm", default=None, help="score with this TraceConfig.source_norm (default: the default)")
+    ap.add_argument("--threshold", default=None, help="score with this TraceConfig.threshold (bh, decoy, decoy_plus)")
+    ap.add_argument("--decoy-score", default=None, help="score with this TraceConfig.decoy_score (null_z, d)")
     a = ap.parse_args()
+    scoring = {k: v for k, v in (("threshold", a.threshold), ("decoy_score", a.decoy_score)) if v}
     rows, cal = [], []
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             for nd in a.null_directions.split(","):
-                r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.variant, a.source_norm)
+                r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.variant, a.source_norm,
+                              scoring)
                 rows += r
                 cal += c
     a.out.mkdir(parents=True, exist_ok=True)
     tag = ("" if a.variant == "wide" else f"_{a.variant}") + (f"_{a.source_norm}" if a.source_norm else "")
+    tag += "".join(f"_{v}" for v in scoring.values())
     (a.out / f"planted_results{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (a.out / f"planted_calibration{tag}.json").write_text(json.dumps(cal, indent=1, default=float))
     print(markdown(pd.DataFrame(rows), ["architecture", "seed", "variant", "null_directions", "criterion", "kept", "true_positives",
