@@ -333,7 +333,7 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         return blocks, decoy_cut(acc, blocks, th)
     with np.errstate(invalid="ignore"):
         rejected = flat[np.nan_to_num(q, nan=2.0) <= th.fdr]
-    return blocks, float(rejected.max()) if rejected.size else 0.0
+    return blocks, float(rejected.max()) if rejected.size else -np.inf  # nothing rejected: nothing passes, not even p == 0
 
 
 _ANY = float(np.finfo(np.float64).max)
