@@ -246,3 +246,28 @@ def test_analyze_novel_relations_from_a_gmt(runs, tmp_path):
     assert t.loc[("GO:1", "GO:2"), "shared_genes"] == 1  # LCK
     assert bool(t.loc[("GO:1", "GO:2"), "novel_compat"]) and not t.loc[("GO:1", "GO:1"), "novel_compat"]
     assert t.loc[("GO:4", "GO:2"), "shared_genes"] == 0
+
+
+def test_a_failed_analyze_marks_the_stage_failed_and_frees_the_run(runs, monkeypatch):
+    """In a notebook the process lives on after an error: the stage must say 'failed' (not
+    'running' forever) and another process must be able to use the run at once."""
+    import subprocess
+    import sys
+
+    import sccircuits.analysis.pipeline as pipeline
+
+    a, _ = runs
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "summarize", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        analyze(a, AnalyzeConfig(n_perm=9, progress=False))
+    assert a.stage("analyze")["status"] == "failed"
+    probe = ("import fcntl, sys\nfh = open(sys.argv[1], 'a+')\n"
+             "fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n")  # raises if the run is still locked
+    subprocess.run([sys.executable, "-c", probe, str(a.path / ".run.lock")], check=True)
+    monkeypatch.undo()
+    analyze(a, AnalyzeConfig(n_perm=9, progress=False))  # and the same process can rerun it
+    assert a.is_complete("analyze")

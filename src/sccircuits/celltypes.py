@@ -132,38 +132,39 @@ def celltypes(run: str | os.PathLike, cfg: CellTypeConfig | None = None, progres
     if len(keep_types) < 2:
         raise InputError(data, f"celltypes: fewer than 2 cell types with >= {cfg.min_cells} extracted cells "
                                f"in obs['{cfg.label_column}']" + (f" among cells with {cfg.subset}" if cfg.subset else ""))
-    rd.begin_stage(STAGE, {**to_dict(cfg), "data": data})
-    saes = load_saes(rd.path / "saes")
-    traced = _traced_sources(rd)
-    act_rows, test_rows = [], []
-    for layer in sorted(saes):
-        sae = saes[layer].eval()
-        chunks = []
-        with torch.no_grad():
-            for acts, cell_idx, _tok in store.iter_batches(layer, cfg.batch_size):
-                chunks.append((sae.encode(torch.as_tensor(acts, dtype=torch.float32)).numpy(), cell_idx))
-        codes = np.concatenate([c for c, _ in chunks])
-        cell_idx = np.concatenate([i for _, i in chunks])
-        activity = per_cell_activity(codes, cell_idx, len(cells))[keep_cells]
-        labels = labels_all[keep_cells]
-        alive = np.flatnonzero(activity.max(0) > 0)
-        test = kruskal_by_type(activity[:, alive], labels)
-        test["feature"] = alive
-        test.insert(0, "layer", layer)
-        test["traced"] = [(layer, int(f)) in traced for f in alive]
-        test_rows.append(test)
-        act = activity_table(activity[:, alive], labels)
-        act["feature"] = alive[act["feature"].to_numpy()]
-        act.insert(0, "layer", layer)
-        act_rows.append(act)
-    tests = pd.concat(test_rows, ignore_index=True)
-    tests["q_value"] = bh_fdr(tests["p_value"].to_numpy(dtype=np.float64))
-    outputs = artifacts.write_celltypes(rd, {"activity": pd.concat(act_rows, ignore_index=True), "kruskal": tests})
-    sig = tests["q_value"] < cfg.alpha
-    metrics = {"n_cells": int(keep_cells.sum()), "cell_types": {str(k): int(v) for k, v in n_per.items()},
-               "n_features_tested": int(len(tests)), "n_significant": int(sig.sum()),
-               "share_significant": float(sig.mean()) if len(tests) else 0.0,
-               "n_traced_tested": int(tests["traced"].sum()),
-               "n_traced_significant": int((sig & tests["traced"]).sum())}
-    rd.complete_stage(STAGE, outputs=outputs, metrics=metrics)
-    return metrics
+    with rd.hold(STAGE):  # a failure marks the stage failed and frees the run lock
+        rd.begin_stage(STAGE, {**to_dict(cfg), "data": data})
+        saes = load_saes(rd.path / "saes")
+        traced = _traced_sources(rd)
+        act_rows, test_rows = [], []
+        for layer in sorted(saes):
+            sae = saes[layer].eval()
+            chunks = []
+            with torch.no_grad():
+                for acts, cell_idx, _tok in store.iter_batches(layer, cfg.batch_size):
+                    chunks.append((sae.encode(torch.as_tensor(acts, dtype=torch.float32)).numpy(), cell_idx))
+            codes = np.concatenate([c for c, _ in chunks])
+            cell_idx = np.concatenate([i for _, i in chunks])
+            activity = per_cell_activity(codes, cell_idx, len(cells))[keep_cells]
+            labels = labels_all[keep_cells]
+            alive = np.flatnonzero(activity.max(0) > 0)
+            test = kruskal_by_type(activity[:, alive], labels)
+            test["feature"] = alive
+            test.insert(0, "layer", layer)
+            test["traced"] = [(layer, int(f)) in traced for f in alive]
+            test_rows.append(test)
+            act = activity_table(activity[:, alive], labels)
+            act["feature"] = alive[act["feature"].to_numpy()]
+            act.insert(0, "layer", layer)
+            act_rows.append(act)
+        tests = pd.concat(test_rows, ignore_index=True)
+        tests["q_value"] = bh_fdr(tests["p_value"].to_numpy(dtype=np.float64))
+        outputs = artifacts.write_celltypes(rd, {"activity": pd.concat(act_rows, ignore_index=True), "kruskal": tests})
+        sig = tests["q_value"] < cfg.alpha
+        metrics = {"n_cells": int(keep_cells.sum()), "cell_types": {str(k): int(v) for k, v in n_per.items()},
+                   "n_features_tested": int(len(tests)), "n_significant": int(sig.sum()),
+                   "share_significant": float(sig.mean()) if len(tests) else 0.0,
+                   "n_traced_tested": int(tests["traced"].sum()),
+                   "n_traced_significant": int((sig & tests["traced"]).sum())}
+        rd.complete_stage(STAGE, outputs=outputs, metrics=metrics)
+        return metrics

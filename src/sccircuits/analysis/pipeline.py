@@ -121,40 +121,41 @@ def analyze(run: RunDir | str | Path, cfg: AnalyzeConfig | None = None) -> dict:
     cfg = cfg or AnalyzeConfig()
     data = load_run(run)
     run, edges, catalogs = data["run"], data["edges"], data["catalogs"]
-    run.begin_stage("analyze", cfg, upstream=run.stamps("annotate", "trace"))
-    outdir = run / "analysis"
-    n_layers = cfg.n_layers or infer_n_layers(run, edges, catalogs)
+    with run.hold("analyze"):  # a failure marks the stage failed and frees the run lock
+        run.begin_stage("analyze", cfg, upstream=run.stamps("annotate", "trace"))
+        outdir = run / "analysis"
+        n_layers = cfg.n_layers or infer_n_layers(run, edges, catalogs)
 
-    result = summarize(edges, data["enrichment"], cfg, catalogs)
-    tables = result.pop("_tables")
-    pairs = cons.domain_pairs(edge_subset(edges, "all"))
-    gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [catalogs])
-    novel = nov.novel_relations(pairs, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
-    hier_rows = []
-    for es in ("all", "capped"):
-        e = edge_subset(edges, es)
-        p = cons.domain_pairs(e)
-        nodes, hs = hier.hierarchy(p, hier.domain_depths(e, n_layers), alpha=cfg.pagerank_alpha)
-        hier_rows.append(nodes.assign(edge_set=es))
-        result[es]["hierarchy"] = hs
-        result[es]["n_domain_pairs"] = int(len(p))
-        nt = novel if es == "all" else nov.novel_relations(p, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
-        result[es]["novel"] = {**nov.novel_summary(nt), "gene_sets": gs_source, "q_max": cfg.q_max,
-                               "compat_min_shared_genes": cfg.min_shared_genes}
-    summary = {"run": str(run.path), "models": sorted(edges["model"].astype(str).unique().tolist()),
-               "n_layers": int(n_layers), "n_layers_from": "config" if cfg.n_layers else "inferred",
-               "sign_convention": summ.SIGN_CLASSES, **result}
+        result = summarize(edges, data["enrichment"], cfg, catalogs)
+        tables = result.pop("_tables")
+        pairs = cons.domain_pairs(edge_subset(edges, "all"))
+        gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [catalogs])
+        novel = nov.novel_relations(pairs, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
+        hier_rows = []
+        for es in ("all", "capped"):
+            e = edge_subset(edges, es)
+            p = cons.domain_pairs(e)
+            nodes, hs = hier.hierarchy(p, hier.domain_depths(e, n_layers), alpha=cfg.pagerank_alpha)
+            hier_rows.append(nodes.assign(edge_set=es))
+            result[es]["hierarchy"] = hs
+            result[es]["n_domain_pairs"] = int(len(p))
+            nt = novel if es == "all" else nov.novel_relations(p, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
+            result[es]["novel"] = {**nov.novel_summary(nt), "gene_sets": gs_source, "q_max": cfg.q_max,
+                                   "compat_min_shared_genes": cfg.min_shared_genes}
+        summary = {"run": str(run.path), "models": sorted(edges["model"].astype(str).unique().tolist()),
+                   "n_layers": int(n_layers), "n_layers_from": "config" if cfg.n_layers else "inferred",
+                   "sign_convention": summ.SIGN_CLASSES, **result}
 
-    outputs = [art.write_table(run, art.analysis_file(f"{name}.parquet"), df) for name, df in (
-        ("attenuation", tables["attenuation"]), ("hubs", tables["hubs"]), ("coherence_null", tables["coherence_null"]),
-        ("domain_pairs", pairs), ("hierarchy", pd.concat(hier_rows, ignore_index=True)), ("novel_pairs", novel))]
-    if cfg.graphml:
-        write_graphml(circuit_graph(edges), outdir / "circuit.graphml")
-        write_graphml(hier.domain_graph(pairs), outdir / "domains.graphml")
-        outputs += ["analysis/circuit.graphml", "analysis/domains.graphml"]
-    outputs.insert(0, art.write_json(run, art.ANALYSIS_SUMMARY, summary))
-    run.complete_stage("analyze", outputs=outputs, metrics=_metrics(summary))
-    return summary
+        outputs = [art.write_table(run, art.analysis_file(f"{name}.parquet"), df) for name, df in (
+            ("attenuation", tables["attenuation"]), ("hubs", tables["hubs"]), ("coherence_null", tables["coherence_null"]),
+            ("domain_pairs", pairs), ("hierarchy", pd.concat(hier_rows, ignore_index=True)), ("novel_pairs", novel))]
+        if cfg.graphml:
+            write_graphml(circuit_graph(edges), outdir / "circuit.graphml")
+            write_graphml(hier.domain_graph(pairs), outdir / "domains.graphml")
+            outputs += ["analysis/circuit.graphml", "analysis/domains.graphml"]
+        outputs.insert(0, art.write_json(run, art.ANALYSIS_SUMMARY, summary))
+        run.complete_stage("analyze", outputs=outputs, metrics=_metrics(summary))
+        return summary
 
 
 def _metrics(summary: dict) -> dict:
@@ -264,120 +265,121 @@ def compare(runs: Sequence[RunDir | str | Path], groups=None, out: str | os.Path
     models = {n: ",".join(sorted(d["edges"]["model"].astype(str).unique())) or "unknown" for n, d in data.items()}
     groups = parse_groups(groups, names, models)
     outrd = RunDir(out)
-    outrd.begin_stage("compare", cfg, runs={n: str(rd.path) for n, rd in names.items()}, groups=groups)
-    outdir = outrd.path
+    with outrd.hold("compare"):  # a failure marks the stage failed and frees the run lock
+        outrd.begin_stage("compare", cfg, runs={n: str(rd.path) for n, rd in names.items()}, groups=groups)
+        outdir = outrd.path
 
-    summaries = {n: _run_summary(names[n], data[n], cfg.analyze) for n in names}
-    table = comparison_table(summaries, models)
-    result: dict = {"runs": {n: str(rd.path) for n, rd in names.items()}, "groups": groups,
-                    "summaries_from": {n: ("RUN/" + art.ANALYSIS_SUMMARY if names[n].is_complete("analyze")
-                                           else "computed now with the 'analyze' options") for n in names},
-                    "sign_convention": summ.SIGN_CLASSES, "consensus": {}}
+        summaries = {n: _run_summary(names[n], data[n], cfg.analyze) for n in names}
+        table = comparison_table(summaries, models)
+        result: dict = {"runs": {n: str(rd.path) for n, rd in names.items()}, "groups": groups,
+                        "summaries_from": {n: ("RUN/" + art.ANALYSIS_SUMMARY if names[n].is_complete("analyze")
+                                               else "computed now with the 'analyze' options") for n in names},
+                        "sign_convention": summ.SIGN_CLASSES, "consensus": {}}
 
-    pair_tables, cons_rows, null_rows = {}, [], []
-    for es in cfg.edge_sets:
-        gp = {g: cons.domain_pairs(pd.concat([edge_subset(data[n]["edges"], es) for n in members], ignore_index=True))
-              for g, members in groups.items()}
-        pair_tables[es] = gp
-        if len(groups) < 2:
-            result["consensus"][es] = {"note": "consensus needs at least two groups"}
-            continue
-        sets = {g: cons.pair_set(p) for g, p in gp.items()}
-        observed = len(cons.consensus(sets))
-        lab = cons.label_permutation_null(sets, cfg.n_perm, cfg.seed, progress=cfg.progress)
-        rew = cons.rewiring_null(sets, cfg.n_rewire, cfg.seed, cfg.rewire_swaps_per_draw, progress=cfg.progress)
-        edg = cons.edge_permutation_null(gp, cfg.n_edge_perm, cfg.seed, progress=cfg.progress)
-        ct = cons.consensus_table(gp, cfg.high_conf_abs_d)
-        cons_rows.append(ct.assign(edge_set=es))
-        null_rows += [pd.DataFrame({"edge_set": es, "null": "label_permutation", "draw": np.arange(lab.size), "size": lab}),
-                      pd.DataFrame({"edge_set": es, "null": "rewiring", "draw": np.arange(rew.size), "size": rew}),
-                      pd.DataFrame({"edge_set": es, "null": "edge_permutation", "draw": np.arange(edg.size), "size": edg})]
-        result["consensus"][es] = {
-            "pairs_per_group": {g: len(s) for g, s in sets.items()},
-            "n_consensus": observed,
-            "n_high_confidence": int(ct["high_confidence"].sum()) if len(ct) else 0,
-            "high_confidence_rule": f"mean |d| > {cfg.high_conf_abs_d} in every group",
-            "label_permutation_null": {**cons.null_summary(observed, lab), "seed": cfg.seed,
-                                       "method": "random bijection of each non-first group's sorted domains"},
-            "rewiring_null": {**cons.null_summary(observed, rew), "seed": cfg.seed,
-                              "method": "directed double-edge swaps preserving out/in degree, no duplicate pairs"},
-            "edge_permutation_null": {**cons.null_summary(observed, edg), "seed": cfg.seed,
-                                      "method": "target domains of each non-first group's non-self edges permuted "
-                                                "(no new self pairs), collapsed to pairs: keeps every domain's edge "
-                                                "out/in degree and the self pairs"},
-            "headline_null": "edge_permutation_null",
-            **cons.self_pair_summary(sets),
-        }
+        pair_tables, cons_rows, null_rows = {}, [], []
+        for es in cfg.edge_sets:
+            gp = {g: cons.domain_pairs(pd.concat([edge_subset(data[n]["edges"], es) for n in members], ignore_index=True))
+                  for g, members in groups.items()}
+            pair_tables[es] = gp
+            if len(groups) < 2:
+                result["consensus"][es] = {"note": "consensus needs at least two groups"}
+                continue
+            sets = {g: cons.pair_set(p) for g, p in gp.items()}
+            observed = len(cons.consensus(sets))
+            lab = cons.label_permutation_null(sets, cfg.n_perm, cfg.seed, progress=cfg.progress)
+            rew = cons.rewiring_null(sets, cfg.n_rewire, cfg.seed, cfg.rewire_swaps_per_draw, progress=cfg.progress)
+            edg = cons.edge_permutation_null(gp, cfg.n_edge_perm, cfg.seed, progress=cfg.progress)
+            ct = cons.consensus_table(gp, cfg.high_conf_abs_d)
+            cons_rows.append(ct.assign(edge_set=es))
+            null_rows += [pd.DataFrame({"edge_set": es, "null": "label_permutation", "draw": np.arange(lab.size), "size": lab}),
+                          pd.DataFrame({"edge_set": es, "null": "rewiring", "draw": np.arange(rew.size), "size": rew}),
+                          pd.DataFrame({"edge_set": es, "null": "edge_permutation", "draw": np.arange(edg.size), "size": edg})]
+            result["consensus"][es] = {
+                "pairs_per_group": {g: len(s) for g, s in sets.items()},
+                "n_consensus": observed,
+                "n_high_confidence": int(ct["high_confidence"].sum()) if len(ct) else 0,
+                "high_confidence_rule": f"mean |d| > {cfg.high_conf_abs_d} in every group",
+                "label_permutation_null": {**cons.null_summary(observed, lab), "seed": cfg.seed,
+                                           "method": "random bijection of each non-first group's sorted domains"},
+                "rewiring_null": {**cons.null_summary(observed, rew), "seed": cfg.seed,
+                                  "method": "directed double-edge swaps preserving out/in degree, no duplicate pairs"},
+                "edge_permutation_null": {**cons.null_summary(observed, edg), "seed": cfg.seed,
+                                          "method": "target domains of each non-first group's non-self edges permuted "
+                                                    "(no new self pairs), collapsed to pairs: keeps every domain's edge "
+                                                    "out/in degree and the self pairs"},
+                "headline_null": "edge_permutation_null",
+                **cons.self_pair_summary(sets),
+            }
 
-    # union of pairs over all runs (primary edge set) for novelty, hierarchy and disease
-    es0 = cfg.edge_sets[0]
-    all_edges = pd.concat([edge_subset(d["edges"], es0) for d in data.values()], ignore_index=True)
-    union = cons.domain_pairs(all_edges)
-    cons_set = cons.consensus({g: cons.pair_set(p) for g, p in pair_tables[es0].items()}) if len(groups) >= 2 else set()
-    union["consensus"] = [k in cons_set for k in zip(union["source_domain"], union["target_domain"])]
-    gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [d["catalogs"] for d in data.values()])
-    novel = nov.novel_relations(union, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
-    result["novel"] = {**nov.novel_summary(novel), "n_consensus_pairs_novel": int((novel["novel"] & novel["consensus"]).sum()),
-                       "edge_set": es0, "gene_sets": gs_source}
+        # union of pairs over all runs (primary edge set) for novelty, hierarchy and disease
+        es0 = cfg.edge_sets[0]
+        all_edges = pd.concat([edge_subset(d["edges"], es0) for d in data.values()], ignore_index=True)
+        union = cons.domain_pairs(all_edges)
+        cons_set = cons.consensus({g: cons.pair_set(p) for g, p in pair_tables[es0].items()}) if len(groups) >= 2 else set()
+        union["consensus"] = [k in cons_set for k in zip(union["source_domain"], union["target_domain"])]
+        gene_sets, gs_source = domain_gene_sets(cfg.gene_sets, [d["catalogs"] for d in data.values()])
+        novel = nov.novel_relations(union, gene_sets, q_max=cfg.q_max, min_shared=cfg.min_shared_genes)
+        result["novel"] = {**nov.novel_summary(novel), "n_consensus_pairs_novel": int((novel["novel"] & novel["consensus"]).sum()),
+                           "edge_set": es0, "gene_sets": gs_source}
 
-    depths = []
-    for n, d in data.items():
-        nl = cfg.analyze.n_layers or infer_n_layers(names[n], d["edges"], d["catalogs"])
-        depths.append(hier.domain_depths(edge_subset(d["edges"], es0), nl).assign(condition=n))
-    dep = pd.concat(depths, ignore_index=True)
-    dep = dep.assign(w=dep["n_features"] * dep["mean_relative_depth"]).groupby("domain").agg(
-        n_features=("n_features", "sum"), w=("w", "sum")).reset_index()
-    dep["mean_relative_depth"] = dep["w"] / dep["n_features"]
-    nodes, hs = hier.hierarchy(union, dep[["domain", "n_features", "mean_relative_depth"]], alpha=cfg.analyze.pagerank_alpha)
-    result["hierarchy"] = {**hs, "edge_set": es0}
+        depths = []
+        for n, d in data.items():
+            nl = cfg.analyze.n_layers or infer_n_layers(names[n], d["edges"], d["catalogs"])
+            depths.append(hier.domain_depths(edge_subset(d["edges"], es0), nl).assign(condition=n))
+        dep = pd.concat(depths, ignore_index=True)
+        dep = dep.assign(w=dep["n_features"] * dep["mean_relative_depth"]).groupby("domain").agg(
+            n_features=("n_features", "sum"), w=("w", "sum")).reset_index()
+        dep["mean_relative_depth"] = dep["w"] / dep["n_features"]
+        nodes, hs = hier.hierarchy(union, dep[["domain", "n_features", "mean_relative_depth"]], alpha=cfg.analyze.pagerank_alpha)
+        result["hierarchy"] = {**hs, "edge_set": es0}
 
-    names_map = dict(zip(union["source_domain"], union["source_name"])) | dict(zip(union["target_domain"], union["target_name"]))
-    if cfg.disease_gmt:
-        from ..genesets import read_gmt
+        names_map = dict(zip(union["source_domain"], union["source_name"])) | dict(zip(union["target_domain"], union["target_name"]))
+        if cfg.disease_gmt:
+            from ..genesets import read_gmt
 
-        cats, dtests = dis.gmt_categories(gene_sets, read_gmt(cfg.disease_gmt), q_max=cfg.q_max)
-        mode = f"gmt:{cfg.disease_gmt}"
-    else:
-        cats = dis.keyword_categories(names_map)
-        dtests = pd.DataFrame({"domain": list(cats), "categories": [sorted(c) for c in cats.values()]})
-        mode = ("keyword categories from GO term names (circular when labels come from GO; not the published "
-                "procedure, which is compare --compat reference)")
-    dtable = dis.disease_vs_consensus(union, union["consensus"], cats)
-    if cfg.disease_n_perm and len(union):
-        dnull = dis.degree_conditioned_null(union, union["consensus"], cats, cfg.disease_n_perm, cfg.seed,
-                                            cfg.disease_min_stratum)
-        dtable = dtable.merge(dnull.drop(columns="consensus_in_category"), on="category", how="left")
-    result["disease"] = {"mode": mode, "edge_set": es0, "tests": dtable.to_dict("records"),
-                         "fisher": "pairs as independent units; confounded by domain degree (naive)",
-                         "degree_null": ("disease categories permuted among domains of the same degree stratum "
-                                         f"(>= {cfg.disease_min_stratum} domains); count of consensus pairs with a "
-                                         "disease end; two-sided p") if cfg.disease_n_perm else None}
+            cats, dtests = dis.gmt_categories(gene_sets, read_gmt(cfg.disease_gmt), q_max=cfg.q_max)
+            mode = f"gmt:{cfg.disease_gmt}"
+        else:
+            cats = dis.keyword_categories(names_map)
+            dtests = pd.DataFrame({"domain": list(cats), "categories": [sorted(c) for c in cats.values()]})
+            mode = ("keyword categories from GO term names (circular when labels come from GO; not the published "
+                    "procedure, which is compare --compat reference)")
+        dtable = dis.disease_vs_consensus(union, union["consensus"], cats)
+        if cfg.disease_n_perm and len(union):
+            dnull = dis.degree_conditioned_null(union, union["consensus"], cats, cfg.disease_n_perm, cfg.seed,
+                                                cfg.disease_min_stratum)
+            dtable = dtable.merge(dnull.drop(columns="consensus_in_category"), on="category", how="left")
+        result["disease"] = {"mode": mode, "edge_set": es0, "tests": dtable.to_dict("records"),
+                             "fisher": "pairs as independent units; confounded by domain degree (naive)",
+                             "degree_null": ("disease categories permuted among domains of the same degree stratum "
+                                             f"(>= {cfg.disease_min_stratum} domains); count of consensus pairs with a "
+                                             "disease end; two-sided p") if cfg.disease_n_perm else None}
 
-    tissue_rows = []
-    for c in cfg.contrasts:
-        focus, base = c.split(":")
-        fk, bk = (parse_groups({"x": [focus, base]}, names, models)["x"])
-        fe, be = edge_subset(data[fk]["edges"], es0), edge_subset(data[bk]["edges"], es0)
-        t = tis.tissue_specificity(cons.domain_pairs(fe), cons.domain_pairs(be))
-        same_model = models[fk] == models[bk]
-        tissue_rows.append(t.assign(focus=fk, baseline=bk, same_model=same_model))
-    tissue = pd.concat(tissue_rows, ignore_index=True) if tissue_rows else pd.DataFrame()
-    result["tissue"] = {"contrasts": cfg.contrasts, "edge_set": es0,
-                        "note": "cleanest contrast: same model and SAE, different input cells",
-                        "tests": tissue.to_dict("records")}
-    result["comparison_table"] = table.to_dict("records")
-    ref_tables = _reference(data, names, groups, cfg, result) if cfg.compat == "reference" else {}
+        tissue_rows = []
+        for c in cfg.contrasts:
+            focus, base = c.split(":")
+            fk, bk = (parse_groups({"x": [focus, base]}, names, models)["x"])
+            fe, be = edge_subset(data[fk]["edges"], es0), edge_subset(data[bk]["edges"], es0)
+            t = tis.tissue_specificity(cons.domain_pairs(fe), cons.domain_pairs(be))
+            same_model = models[fk] == models[bk]
+            tissue_rows.append(t.assign(focus=fk, baseline=bk, same_model=same_model))
+        tissue = pd.concat(tissue_rows, ignore_index=True) if tissue_rows else pd.DataFrame()
+        result["tissue"] = {"contrasts": cfg.contrasts, "edge_set": es0,
+                            "note": "cleanest contrast: same model and SAE, different input cells",
+                            "tests": tissue.to_dict("records")}
+        result["comparison_table"] = table.to_dict("records")
+        ref_tables = _reference(data, names, groups, cfg, result) if cfg.compat == "reference" else {}
 
-    atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
-    outputs = [art.write_compare(outdir, name, obj) for name, obj in (
-        ("comparison_table", table),
-        ("consensus_pairs", pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame()),
-        ("consensus_null", pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame()),
-        ("novel_pairs", novel), ("hierarchy", nodes), ("disease", dtable), ("disease_domains", dtests),
-        ("tissue", tissue), *ref_tables.items(), ("compare", result))] + ["comparison_table.csv"]
-    metrics = {f"{es}_n_consensus": v.get("n_consensus") for es, v in result["consensus"].items()}
-    outrd.complete_stage("compare", outputs=outputs, metrics=metrics)
-    return result
+        atomic_write_bytes(outdir / "comparison_table.csv", table.to_csv(index=False).encode())
+        outputs = [art.write_compare(outdir, name, obj) for name, obj in (
+            ("comparison_table", table),
+            ("consensus_pairs", pd.concat(cons_rows, ignore_index=True) if cons_rows else pd.DataFrame()),
+            ("consensus_null", pd.concat(null_rows, ignore_index=True) if null_rows else pd.DataFrame()),
+            ("novel_pairs", novel), ("hierarchy", nodes), ("disease", dtable), ("disease_domains", dtests),
+            ("tissue", tissue), *ref_tables.items(), ("compare", result))] + ["comparison_table.csv"]
+        metrics = {f"{es}_n_consensus": v.get("n_consensus") for es, v in result["consensus"].items()}
+        outrd.complete_stage("compare", outputs=outputs, metrics=metrics)
+        return result
 
 
 def _reference(data: dict, names: Mapping[str, RunDir], groups: dict, cfg: CompareConfig, result: dict) -> dict:

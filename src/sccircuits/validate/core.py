@@ -315,28 +315,29 @@ def validate(runs, perturbations_path: str | os.PathLike, cfg: ValidateConfig | 
     screen = open_screen(perturbations_path, cfg.target_column, cfg.control_label,
                          cfg.cell_line_column, cfg.gene_column)
     rd = RunDir(out)
-    rd.begin_stage("validate", cfg, runs=[str(r) for r in runs], perturbations=str(perturbations_path))
-    lfc, knockdowns, genes, background, n_empty, control = fold_changes(screen, pred, cfg, progress=progress)
-    pairs = pair_table(pred, lfc, genes)
-    lines = list(lfc) + ([POOLED] if len(lfc) > 1 else [])
-    rows, enr_all = [], []
-    for subset in subsets(pred):
-        sub = pairs if subset == "all" else pairs[pairs[subset].astype(bool)]
-        enr = enrichment_table(sub, lfc, genes, background, cfg, control) if len(sub) else pd.DataFrame(
-            columns=["cell_line", "knockdown", "p_value", "q_value"])
-        enr.insert(0, "subset", subset)
-        enr_all.append(enr)
-        for line in lines:
-            p = sub if line == POOLED else sub[sub["cell_line"] == line]
-            e = enr if line == POOLED else enr[enr["cell_line"] == line]
-            rows.append(summarise(p, e, subset, line, cfg))
-    summary = pd.DataFrame(rows)
-    result = ValidationResult(summary, pairs, knockdowns, pd.concat(enr_all, ignore_index=True), pred,
-                              rd / "validation")
-    outputs = _write(result)
-    main = summary[summary["subset"] == "all"].astype(object).where(summary.notna(), None).to_dict(orient="records")
-    rd.complete_stage("validate", outputs=outputs, metrics={"summary": main, "n_empty_cells": n_empty})
-    return result
+    with rd.hold("validate"):  # a failure marks the stage failed and frees the run lock
+        rd.begin_stage("validate", cfg, runs=[str(r) for r in runs], perturbations=str(perturbations_path))
+        lfc, knockdowns, genes, background, n_empty, control = fold_changes(screen, pred, cfg, progress=progress)
+        pairs = pair_table(pred, lfc, genes)
+        lines = list(lfc) + ([POOLED] if len(lfc) > 1 else [])
+        rows, enr_all = [], []
+        for subset in subsets(pred):
+            sub = pairs if subset == "all" else pairs[pairs[subset].astype(bool)]
+            enr = enrichment_table(sub, lfc, genes, background, cfg, control) if len(sub) else pd.DataFrame(
+                columns=["cell_line", "knockdown", "p_value", "q_value"])
+            enr.insert(0, "subset", subset)
+            enr_all.append(enr)
+            for line in lines:
+                p = sub if line == POOLED else sub[sub["cell_line"] == line]
+                e = enr if line == POOLED else enr[enr["cell_line"] == line]
+                rows.append(summarise(p, e, subset, line, cfg))
+        summary = pd.DataFrame(rows)
+        result = ValidationResult(summary, pairs, knockdowns, pd.concat(enr_all, ignore_index=True), pred,
+                                  rd / "validation")
+        outputs = _write(result)
+        main = summary[summary["subset"] == "all"].astype(object).where(summary.notna(), None).to_dict(orient="records")
+        rd.complete_stage("validate", outputs=outputs, metrics={"summary": main, "n_empty_cells": n_empty})
+        return result
 
 
 def _write(res: ValidationResult) -> list[str]:
