@@ -330,7 +330,7 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         else:
             b.sig, b.null_sig = b.p_null, b.null_p
     if th.threshold != "bh":
-        return blocks, decoy_cut(acc, blocks, th)
+        return blocks, decoy_cut(blocks, th)
     with np.errstate(invalid="ignore"):
         rejected = flat[np.nan_to_num(q, nan=2.0) <= th.fdr]
     return blocks, float(rejected.max()) if rejected.size else -np.inf  # nothing rejected: nothing passes, not even p == 0
@@ -340,16 +340,15 @@ _ANY = float(np.finfo(np.float64).max)
 """A cut every finite score passes (the gates without the cut)."""
 
 
-def _null_gated(acc: Accumulators, b: _Block, th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-    """(score of the real tests passing every gate of the null rule but the cut, the same for the
-    block's null-draw tests (leave-one-out, as :func:`null_floor` counts them))."""
-    real = _passes_null_rule(b.st, b.effect, b.rel, b.sig, _ANY, th)
+def _null_rule_masks(b: _Block, th: Thresholds, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """(real tests passing the null rule at ``cut``, the block's null-draw tests passing it:
+    each draw against the others, leave-one-out, as :func:`null_floor` counts them)."""
     nst = dict(b.null_st, valid=b.null_st["valid"] & np.isfinite(b.null_z))
-    null = _passes_null_rule(nst, b.null_effect, b.null_rel, b.null_sig, _ANY, th)
-    return b.sig[real], b.null_sig[null]
+    return (_passes_null_rule(b.st, b.effect, b.rel, b.sig, cut, th),
+            _passes_null_rule(nst, b.null_effect, b.null_rel, b.null_sig, cut, th))
 
 
-def decoy_cut(acc: Accumulators, blocks: dict, th: Thresholds) -> float:
+def decoy_cut(blocks: dict, th: Thresholds) -> float:
     """Target-decoy cut of the null rule (``threshold="decoy"`` / ``"decoy_plus"``).
 
     Every real test and every null-draw test that passes the null rule's other gates (magnitude
@@ -365,7 +364,8 @@ def decoy_cut(acc: Accumulators, blocks: dict, th: Thresholds) -> float:
     real_p, null_p_, weight = [], [], []  # scores (smaller = stronger)
     n_real_tests = n_null_tests = 0
     for b in blocks.values():
-        rp, npv = _null_gated(acc, b, th)
+        real, null = _null_rule_masks(b, th, _ANY)  # every gate but the cut
+        rp, npv = b.sig[real], b.null_sig[null]
         n_real = int(b.st["valid"].sum())
         n_null = int(b.null_st["valid"].sum())
         n_real_tests, n_null_tests = n_real_tests + n_real, n_null_tests + n_null
@@ -426,9 +426,8 @@ def null_floor(acc: Accumulators, th: Thresholds, blocks: dict | None = None, p_
                "n_real_passing": int(b.published.sum()), "expected_false_published": passing * ratio,
                "n_null_passing_null": 0, "n_real_passing_null": 0, "expected_false_null": np.nan}
         if b.z is not None:
-            nst = dict(nst, valid=nst["valid"] & np.isfinite(b.null_z))
-            n_np = int(_passes_null_rule(nst, b.null_effect, b.null_rel, b.null_sig, p_cut, th).sum())
-            real_np = int(_passes_null_rule(b.st, b.effect, b.rel, b.sig, p_cut, th).sum())
+            real_ok, null_ok = _null_rule_masks(b, th, p_cut)
+            n_np, real_np = int(null_ok.sum()), int(real_ok.sum())
             row.update(n_null_passing_null=n_np, n_real_passing_null=real_np, expected_false_null=n_np * ratio)
         rows.append(row)
     return pd.DataFrame(rows, columns=NULL_COLUMNS)
