@@ -10,10 +10,10 @@ from ..errors import ConfigError
 SELECTIONS = ("richness", "frequency", "random")
 CRITERIA = ("null", "published")
 NULL_DIRECTIONS = ("feature", "mixed")
+"""How a null draw is built (:mod:`sccircuits.trace.null_draws`)."""
 SOURCE_NORMS = ("none", "median_mad")
 THRESHOLDS = ("bh", "decoy", "decoy_plus")
 DECOY_SCORES = ("null_z", "d")
-"""How a null draw is built (:mod:`sccircuits.trace.null_draws`)."""
 
 
 @dataclass

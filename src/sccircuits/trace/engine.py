@@ -53,6 +53,7 @@ import torch
 
 from ..models.base import TokenBatch, TokenizedCells
 from .accumulators import Accumulators, PairStats
+from .config import NULL_DIRECTIONS
 
 
 @dataclass
@@ -82,8 +83,8 @@ class TracePlan:
     a real source (own positions, own decoder row), the templates being untraced features."""
 
     def __post_init__(self) -> None:
-        if self.null_directions not in ("feature", "mixed"):
-            raise ValueError(f"null_directions must be feature or mixed, got {self.null_directions!r}")
+        if self.null_directions not in NULL_DIRECTIONS:
+            raise ValueError(f"null_directions must be one of {', '.join(NULL_DIRECTIONS)}, got {self.null_directions!r}")
         if self.null and self.null_directions == "feature" and self.null_features is None:
             raise ValueError("null_directions 'feature' needs null_features (untraced features to ablate: "
                              "sccircuits.trace.null_draws.matched_null_features)")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import NULL_DIRECTIONS  # noqa: F401  (re-exported)
 from .engine import null_templates
 
 
