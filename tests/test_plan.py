@@ -65,7 +65,7 @@ def test_plan_counts_equal_trace_manifest(inputs, tmp_path, clean_batch_size):
 
 
 def test_memory_estimate_components():
-    kw = dict(n_params=1000, d_model=8, n_heads=2, d_ff=32, batch_size=4, max_length=10, n_layers_kept=3,
+    kw = dict(n_params=1000, d_model=8, d_ff=32, batch_size=4, max_length=10, n_layers_kept=3,
               n_targets_max=2, sae_sizes={0: 16, 1: 16, 3: 16}, n_features={0: 5, 1: 5},
               targets={0: [1, 3], 1: [3]}, n_kinds=2, encode_chunk=100)
     m32, m16 = memory_estimate(dtype="float32", **kw), memory_estimate(dtype="bfloat16", **kw)

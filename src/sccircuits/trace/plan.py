@@ -220,7 +220,7 @@ MEMORY_FORMULA = (
 """The formula of :func:`memory_estimate` in one line (the trace manifest records it)."""
 
 
-def memory_estimate(*, n_params: int, d_model: int, n_heads: int, d_ff: int, dtype: str, batch_size: int,
+def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch_size: int,
                     max_length: int, n_layers_kept: int, n_targets_max: int, sae_sizes: dict[int, int],
                     n_features: dict[int, int], targets: dict[int, list[int]], n_kinds: int,
                     encode_chunk: int, clean_batch_size: int | None = None) -> dict[str, int]:
@@ -297,7 +297,7 @@ def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, 
     desc = a.describe() if hasattr(a, "describe") else {}
     layers = sorted(set(setup.features) | {t for ts in setup.targets.values() for t in ts})
     return memory_estimate(
-        n_params=_n_params(a), d_model=int(a.d_model), n_heads=int(desc.get("n_heads", max(1, a.d_model // 64))),
+        n_params=_n_params(a), d_model=int(a.d_model),
         d_ff=int(desc.get("d_ff", 4 * a.d_model)), dtype=cfg.dtype, batch_size=batch_size or cfg.batch_size,
         max_length=int(setup.cells.lengths().max()), n_layers_kept=len(layers),
         n_targets_max=max(len(t) for t in setup.targets.values()),
