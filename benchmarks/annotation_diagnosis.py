@@ -19,23 +19,19 @@ import sys
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from sccircuits import artifacts, datasets
 from sccircuits.activations import ActivationStore
 from sccircuits.annotate.config import AnnotateConfig
 from sccircuits.annotate.stage import annotate_layer, load_libraries, token_symbols
+from sccircuits.pretrain import standardised_log_expression
 
 LABEL_LIBRARIES = ("go_bp", "reactome", "hallmark")
 
 
 def standardised_expression():
     a = datasets.blood()
-    X = sp.csr_matrix(a.X, dtype=np.float64)
-    X = sp.diags(1e4 / np.asarray(X.sum(axis=1)).ravel()) @ X
-    X.data = np.log1p(X.data)
-    X = X.toarray()
-    Z = (X - X.mean(0)) / (X.std(0) + 1e-9)
+    Z, _ = standardised_log_expression(a.X)
     return Z, {s.upper(): i for i, s in enumerate(a.var_names)}
 
 

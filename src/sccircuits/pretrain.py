@@ -83,19 +83,9 @@ def nonzero_medians(X, totals: np.ndarray, target_sum: float = 10_000.0) -> np.n
     return out
 
 
-def coexpression_embedding(X, d: int) -> np.ndarray:
-    """Gene vectors whose dot products follow the genes' co-expression across cells.
-
-    ``X``: training cells x genes counts. Each cell is scaled to 10,000 counts and log1p'd, each
-    gene standardised over the cells (genes that never vary get a zero row), and the gene
-    loadings on the top ``d`` principal components, scaled by their singular values, are
-    returned (genes x d). The dot product of two rows is n_cells x their correlation restricted
-    to those components, so genes of one expression program start close together. Rows are
-    rescaled to mean norm 1 over the genes that vary; the caller scales them to the model's
-    own initial embedding norm. Deterministic (an SVD, no sampling); columns with the sign
-    convention "largest absolute loading positive" so that the result does not depend on the
-    LAPACK build's sign choice.
-    """
+def standardised_log_expression(X) -> tuple[np.ndarray, np.ndarray]:
+    """(cells x genes dense float64, genes that vary): ``X`` (counts) scaled to 10,000 per cell,
+    log1p'd, and each gene standardised over the cells; genes that never vary get a zero column."""
     import scipy.sparse as sp
 
     X = sp.csr_matrix(X, dtype=np.float64)
@@ -108,6 +98,23 @@ def coexpression_embedding(X, d: int) -> np.ndarray:
     varies = sd > 0
     D[:, varies] /= sd[varies]
     D[:, ~varies] = 0.0
+    return D, varies
+
+
+def coexpression_embedding(X, d: int) -> np.ndarray:
+    """Gene vectors whose dot products follow the genes' co-expression across cells.
+
+    ``X``: training cells x genes counts, standardised by :func:`standardised_log_expression`
+    (genes that never vary get a zero row), and the gene
+    loadings on the top ``d`` principal components, scaled by their singular values, are
+    returned (genes x d). The dot product of two rows is n_cells x their correlation restricted
+    to those components, so genes of one expression program start close together. Rows are
+    rescaled to mean norm 1 over the genes that vary; the caller scales them to the model's
+    own initial embedding norm. Deterministic (an SVD, no sampling); columns with the sign
+    convention "largest absolute loading positive" so that the result does not depend on the
+    LAPACK build's sign choice.
+    """
+    D, varies = standardised_log_expression(X)
     _, s, vt = np.linalg.svd(D, full_matrices=False)
     k = min(d, vt.shape[0])
     load = vt[:k].T * s[:k]  # genes x k
