@@ -156,21 +156,44 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
 
 
 def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tensor | None,
-                      queries: torch.Tensor | None = None) -> torch.Tensor:
+                      queries: torch.Tensor | None = None, ln_denoms: torch.Tensor | None = None,
+                      record: list | None = None) -> torch.Tensor:
     """Output of ``block`` on ``x`` (B, L, d); ``key_mask`` (B, L) bool, True at real tokens
     (None: no padding). With ``queries`` (B, Q) int64 positions, only those positions are
     computed (their queries, attention output, MLP): keys and values still come from every
     position, so the result equals the full block's output at those positions; returns (B, Q, d).
+
+    *Frozen LayerNorms*: with ``ln_denoms`` ((B, L or Q, 2): the two LayerNorms' denominators
+    ``sqrt(var + eps)`` per position, at the computed positions) each LayerNorm centres its
+    input as usual but divides by the given denominator instead of its own. With ``record`` (a
+    list) the denominators are computed (same formula, same arithmetic as the frozen path, so an
+    unperturbed input gives the same output either way) and the (B, L or Q, 2) tensor is
+    appended. Without either, ``F.layer_norm`` (bit-equal to the models' own modules).
     """
     B, _, d = x.shape
+    manual = ln_denoms is not None or record is not None
+    used = []
+
+    def norm(h: torch.Tensor, params: tuple, i: int) -> torch.Tensor:
+        if not manual:
+            return F.layer_norm(h, (d,), *params)
+        weight, bias, eps = params
+        h = h.sub_(h.mean(-1, keepdim=True))
+        den = torch.sqrt(h.square().mean(-1, keepdim=True) + eps) if ln_denoms is None else ln_denoms[..., i:i + 1]
+        used.append(den)
+        return torch.addcmul(bias, h.div_(den), weight)
+
     xq = x if queries is None else torch.gather(x, 1, queries[..., None].expand(-1, -1, d))
     heads = lambda t: t.view(B, -1, block.n_heads, d // block.n_heads).transpose(1, 2)  # noqa: E731
     mask = None if key_mask is None else key_mask[:, None, None, :]
     att = _attention(heads(F.linear(xq, *block.q)), heads(F.linear(x, *block.k)), heads(F.linear(x, *block.v)), mask)
     h = F.linear(att.transpose(1, 2).reshape(B, -1, d), *block.out)
-    h = F.layer_norm(h.add_(xq), (d,), *block.norm1)  # in place on fresh tensors: no extra copies
+    h = norm(h.add_(xq), block.norm1, 0)  # in place on fresh tensors: no extra copies
     mlp = F.linear(block.activation(F.linear(h, *block.ffn_in)), *block.ffn_out)
-    return F.layer_norm(mlp.add_(h), (d,), *block.norm2)
+    out = norm(mlp.add_(h), block.norm2, 1)
+    if record is not None:
+        record.append(torch.cat(used, -1))
+    return out
 
 
 class BlockRunner:
@@ -207,43 +230,61 @@ class BlockRunner:
         return None if bool(att.all()) else att
 
     def run_blocks(self, x: torch.Tensor, context, start: int, stop: int,
-                   keep: set[int] | None = None, queries: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                   keep: set[int] | None = None, queries: torch.Tensor | None = None,
+                   ln_denoms: dict[int, torch.Tensor] | None = None,
+                   ln_record: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
         """Blocks ``start .. stop-1`` on ``x`` (the input of block ``start``); {l: output of
         block l} for l in ``keep`` (every block run when None). With ``queries`` the last block
-        is computed only at those positions (see :func:`run_post_ln_block`)."""
+        is computed only at those positions (see :func:`run_post_ln_block`). ``ln_denoms``
+        ({block: (B, L, 2)}, every position) freezes the LayerNorm denominators (gathered at
+        ``queries`` for the last block); ``ln_record`` (a dict) receives each block's own."""
         out = {}
         for l in range(start, stop):
-            x = run_post_ln_block(self.post_ln_block(l), x, context, queries if l == stop - 1 else None)
+            q = queries if l == stop - 1 else None
+            den = None if ln_denoms is None else ln_denoms[l]
+            if den is not None and q is not None:
+                den = torch.gather(den, 1, q[..., None].expand(-1, -1, den.shape[-1]))
+            rec = [] if ln_record is not None else None
+            x = run_post_ln_block(self.post_ln_block(l), x, context, q, den, rec)
+            if rec is not None:
+                ln_record[l] = rec[0]
             if keep is None or l in keep:
                 out[l] = x
         return out
 
     @torch.no_grad()
-    def hidden_states(self, batch: TokenBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    def hidden_states(self, batch: TokenBatch, layers: Sequence[int],
+                      ln_record: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
         """Clean pass: {layer: (B, L, d) output of block ``layer``} (-1 = embedding output);
-        blocks after the deepest requested layer are not run."""
+        blocks after the deepest requested layer are not run. With ``ln_record`` (a dict) every
+        block's LayerNorm denominators are recorded there ({block: (B, L, 2)}) for a later
+        :meth:`run_from` with frozen LayerNorms."""
         layers = check_layers(layers, -1, self.n_layers - 1)
         x = self.embed(batch)
         out = {-1: x} if -1 in layers else {}
         if layers and layers[-1] >= 0:
-            out.update(self.run_blocks(x, self.attention_context(x, batch), 0, layers[-1] + 1, set(layers)))
+            out.update(self.run_blocks(x, self.attention_context(x, batch), 0, layers[-1] + 1, set(layers),
+                                       ln_record=ln_record))
         return out
 
     @torch.no_grad()
     def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch, until: int | None = None,
-                 layers: Sequence[int] | None = None, queries: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                 layers: Sequence[int] | None = None, queries: torch.Tensor | None = None,
+                 ln_denoms: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
         """Continue from ``hidden`` = output of ``layer`` (-1: the embedding output) through
         blocks ``layer+1 .. until`` (default: the last); {l: (B, L, d)} for ``layers`` (default:
         every block run). Blocks <= ``layer`` are never run; ``hidden`` is moved to the
         adapter's device and dtype first. With ``queries`` ((B, Q) int64 positions) block
         ``until`` is computed only there (keys and values still at every position) and its
-        entry is (B, Q, d)."""
+        entry is (B, Q, d). ``ln_denoms`` ({block: (B, L, 2)} from a clean pass's ``ln_record``)
+        freezes every LayerNorm's denominator at those values."""
         until = self.n_layers - 1 if until is None else int(until)
         if not -1 <= layer <= until < self.n_layers:
             raise ValueError(f"need -1 <= layer ({layer}) <= until ({until}) < {self.n_layers}")
         keep = None if layers is None else set(check_layers(layers, layer + 1, until))
         hidden = hidden.to(device=self.device, dtype=self.dtype)
-        return self.run_blocks(hidden, self.attention_context(hidden, batch), layer + 1, until + 1, keep, queries)
+        return self.run_blocks(hidden, self.attention_context(hidden, batch), layer + 1, until + 1, keep, queries,
+                               ln_denoms)
 
 
 @runtime_checkable
@@ -263,12 +304,15 @@ class ModelAdapter(Protocol):
     def batch(self, cells: TokenizedCells, idx: Sequence[int]) -> TokenBatch:
         """Padded batch of the cells ``idx`` on the adapter's device."""
 
-    def hidden_states(self, batch: TokenBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Clean forward pass: {layer: (B, L, d) output of that layer} for the given layers."""
+    def hidden_states(self, batch: TokenBatch, layers: Sequence[int],
+                      ln_record: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+        """Clean forward pass: {layer: (B, L, d) output of that layer} for the given layers
+        (with ``ln_record``, each block's LayerNorm denominators are recorded there)."""
 
     def run_from(self, layer: int, hidden: torch.Tensor, batch: TokenBatch,
                  until: int | None = None, layers: Sequence[int] | None = None,
-                 queries: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                 queries: torch.Tensor | None = None,
+                 ln_denoms: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
         """Continue the forward pass from ``hidden`` (the output of ``layer``) through the
         blocks ``layer+1 .. until`` (default: the last); returns {l: (B, L, d)} for ``layers``
         (default: every layer computed). Blocks <= ``layer`` are never run. With ``queries``

@@ -77,6 +77,10 @@ class TracePlan:
     of ``features``); a layer may have none (e.g. a Ray task holding other features' nulls)."""
     traced: dict[int, np.ndarray] | None = None
     """Source layer -> features a null direction avoids (default: ``features``)."""
+    freeze_layernorm: bool = False
+    """Ablated passes divide by the clean pass's LayerNorm denominators (per block, per
+    position) instead of their own: the observation is then the change carried by attention and
+    MLPs, without the whole-stream rescaling every LayerNorm adds (docs/method.md §5)."""
     null_directions: str = "mixed"
     """``mixed``: a draw runs at its template's positions along another active, untraced
     feature's direction chosen per position; ``feature``: a draw ablates its template exactly as
@@ -250,7 +254,8 @@ class AblationEngine:
     def _run_batch(self, cells: TokenizedCells, batch_idx: list[int], acc: Accumulators) -> None:
         plan, dev = self.plan, self.device
         batch = self.adapter.batch(cells, batch_idx).to(dev)
-        clean = self.adapter.hidden_states(batch, plan.layers_needed())
+        denoms = {} if plan.freeze_layernorm else None  # clean LayerNorm denominators, {block: (B, L, 2)}
+        clean = self.adapter.hidden_states(batch, plan.layers_needed(), ln_record=denoms)
         acc.counters["cells"] = acc.counters.get("cells", 0) + len(batch_idx)
         acc.counters["clean_forward_passes"] = acc.counters.get("clean_forward_passes", 0) + 1
         gm = batch.gene_mask.to(dev)
@@ -286,7 +291,7 @@ class AblationEngine:
             pos_index[t] = index
 
         for s in sorted(plan.features):
-            self._ablate_layer(s, batch, clean[s], zsel[s], fires[s], codes, pos_index, acc)
+            self._ablate_layer(s, batch, clean[s], zsel[s], fires[s], codes, pos_index, acc, denoms)
 
     def _null_deltas(self, s: int, batch: TokenBatch, h_s: torch.Tensor, rows: torch.Tensor, draws: torch.Tensor,
                      zf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -321,7 +326,7 @@ class AblationEngine:
         return job, pos, delta
 
     def _ablate_layer(self, s: int, batch: TokenBatch, h_s: torch.Tensor, zs: torch.Tensor, fs: torch.Tensor,
-                      codes: dict, pos_index: dict, acc: Accumulators) -> None:
+                      codes: dict, pos_index: dict, acc: Accumulators, denoms: dict | None = None) -> None:
         plan = self.plan
         F, K = len(plan.features[s]), self.n_null(s)
         fired = fs.any(1)  # (B, F + K)
@@ -365,7 +370,9 @@ class AblationEngine:
             hidden = hidden.sub_(delta).to(h_s.dtype)
             del delta
             fired_pos = fs[r, :Lc, col]  # (J, Lc) the positions averaged for each job
-            sums = self._ablated_sums(s, hidden, _sub_batch(batch, r, Lc), fired_pos)
+            frozen = None if denoms is None else {l: denoms[l].index_select(0, r)[:, :Lc]
+                                                  for l in range(s + 1, max(plan.targets[s]) + 1)}
+            sums = self._ablated_sums(s, hidden, _sub_batch(batch, r, Lc), fired_pos, frozen)
             acc.counters["ablation_forward_passes"] = acc.counters.get("ablation_forward_passes", 0) + 1
             acc.counters["ablated_sequences"] = acc.counters.get("ablated_sequences", 0) + len(r)
             counts = fired_pos.sum(1).to(torch.float64)[:, None]
@@ -389,13 +396,15 @@ class AblationEngine:
             stats = PairStats.from_observations(slot, mean, F if kind == "real" else K, clean, size)
             acc.pairs[(kind, s, t)] = acc.pairs[(kind, s, t)].merge(stats)
 
-    def _ablated_sums(self, s: int, hidden: torch.Tensor, batch: TokenBatch, fired: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _ablated_sums(self, s: int, hidden: torch.Tensor, batch: TokenBatch, fired: torch.Tensor,
+                      ln_denoms: dict | None = None) -> dict[int, torch.Tensor]:
         """The hot loop. ``hidden`` (J, Lc, d): perturbed output of layer ``s`` for J rows;
         ``fired`` (J, Lc) bool: the positions averaged for each row. Returns, per target layer
         ``t``, the (J, d_sae) float64 sums over each row's fired positions of the SAE codes of
         the continued forward pass. Each block runs once from ``s``; every target layer is encoded
         as soon as it is computed (only at fired positions), and the last target block computes
-        its queries, attention output and MLP only at the fired positions."""
+        its queries, attention output and MLP only at the fired positions. ``ln_denoms``
+        ({block: (J, Lc, 2)}): frozen LayerNorm denominators (:attr:`TracePlan.freeze_layernorm`)."""
         J = fired.shape[0]
         job_of, pos = torch.nonzero(fired, as_tuple=True)
         n_fired = fired.sum(1)
@@ -410,7 +419,8 @@ class AblationEngine:
         out, x, prev = {}, hidden, s
         for t in targets:
             last = t == targets[-1]
-            h = self.adapter.run_from(prev, x, batch, until=t, layers=[t], queries=queries if last else None)[t]
+            h = self.adapter.run_from(prev, x, batch, until=t, layers=[t], queries=queries if last else None,
+                                      ln_denoms=ln_denoms)[t]
             at = h.reshape(-1, h.shape[-1]).index_select(0, at_last if last else at_full)
             out[t] = self._encode_sums(t, at, job_of, J)
             x, prev = h, t

@@ -316,7 +316,8 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
                 "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
                 "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
                 "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass,
-                "null_directions": cfg.null_directions, "null_features": setup.plan().null_features}
+                "null_directions": cfg.null_directions, "null_features": setup.plan().null_features,
+                "freeze_layernorm": cfg.layernorm == "frozen"}
         new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
                                          dict(plan), cells_ref, setup.targets, opts.crash_once)
         n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))

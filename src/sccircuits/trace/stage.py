@@ -266,6 +266,8 @@ def _fingerprint(cfg: TraceConfig, features, targets, cells, inputs: dict, null_
     if cfg.null_ablation and cfg.null_directions != "mixed":  # (mixed: the fingerprint of earlier traces)
         key["null_directions"] = cfg.null_directions
         key["null_features"] = {str(s): np.asarray(f).tolist() for s, f in (null_features or {}).items()}
+    if cfg.layernorm != "live":  # (live: the fingerprint of earlier traces)
+        key["layernorm"] = cfg.layernorm
     if cfg.compat == "reference":  # "active" = in the top-k support (published), not z > 0
         key["active"] = "topk_support"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -343,7 +345,7 @@ def trace_plan(cfg: TraceConfig, features: dict, targets: dict, null_features: d
     opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
                 encode_chunk=cfg.encode_chunk, clean_batch_size=cfg.cells_per_clean_pass, null_draws=cfg.null_draws,
                 null_budget=cfg.null_budget, support_active=cfg.compat == "reference",
-                null_directions=cfg.null_directions)
+                null_directions=cfg.null_directions, freeze_layernorm=cfg.layernorm == "frozen")
     if null_features is not None:
         opts["null_features"] = null_features
     return TracePlan(features, targets, **{**opts, **overrides})
