@@ -24,7 +24,28 @@ layers up to the source layer ``s`` give varied, gene-dependent residuals:
 Nothing else connects sources to targets except *generic* effects that every perturbation has:
 the post-LayerNorms rescale the whole stream when a component is removed, so every active
 target shifts a little, consistently, under any ablation (the confound the published |d| rule
-cannot tell from an edge). Ground truth: :attr:`PlantedCircuit.truth`, one row per planted
+cannot tell from an edge).
+
+*Generic units* (``generic_units`` > 0, default 0: none) add a generic channel that does not go
+through LayerNorm (so it survives a tracer that freezes LayerNorm denominators). Block ``s + 1``'s
+FFN gets, after the planted units, ``generic_units`` ReLU units drawn from their own generator
+(``default_rng([seed, GENERIC_STREAM])``; the planted parts' draws are unchanged). Unit ``j``
+reads a random dense mean-zero unit direction ``r_j`` (not a source or target direction, so every
+source direction overlaps every ``r_j`` a little, about 1/sqrt(d_model): the *shared direction*
+confound), with its ReLU knee at a random quantile in ``GENERIC_KNEE`` of its clean
+pre-activations (active at part of the positions: its response to a perturbation mixes a linear
+part, signed by the overlap, and a convex part that grows with the perturbation's size whatever
+its direction). It writes ``sum_g w_jg * target direction g`` with ``w_jg = generic_gain *
+N(0, 1) * sensitivity_g / sqrt(generic_units)``, ``sensitivity_g`` log-normal (log-sd
+``GENERIC_SENSITIVITY_SIGMA``): some targets far more sensitive than others (the *popularity*
+confound). The units' mean clean output is removed by the FFN output bias, as for the planted
+units, so the stream entering block ``s + 1``'s output LayerNorm is unchanged on average. What it
+models: dense, weak, nonlinear cross-talk between features through shared MLP neurons; every
+traced source (and every untraced background feature the null ablates) has it, and none of it is
+an edge: the truth holds the planted edges only. What it does not model: attention paths, or
+structure in which sources share units (the overlaps are random).
+
+Ground truth: :attr:`PlantedCircuit.truth`, one row per planted
 edge with ``expected_sign`` = the sign of Cohen's d (ablating the source lowers the target,
 d < 0, when the unit writes positively).
 """
@@ -40,6 +61,15 @@ import pandas as pd
 
 UNIT_MARGIN = 0.5
 """Distance of a planted FFN unit's smallest clean pre-activation from zero."""
+
+GENERIC_STREAM = 0x6E6E
+"""Second seed word of the generic units' generator (``default_rng([seed, GENERIC_STREAM])``)."""
+GENERIC_KNEE = (0.3, 0.7)
+"""Range of the clean-position quantile at which a generic unit's ReLU knee sits (uniform)."""
+GENERIC_GAIN = 1.0
+"""Default scale of the generic units' writes (``make_planted(generic_gain=...)``)."""
+GENERIC_SENSITIVITY_SIGMA = 1.0
+"""Log-sd of the per-target sensitivity of the generic units' writes."""
 
 
 @dataclass
@@ -57,6 +87,8 @@ class PlantedCircuit:
     """source_feature, target_feature, strength, expected_sign (of Cohen's d)."""
     gene_column: str | None
     """Tokenizer gene column for this architecture (scGPT reads symbols)."""
+    generic: GenericUnits | None = None
+    """The generic units of block ``source_layer + 1`` (None with ``generic_units=0``)."""
 
     def features_spec(self) -> str:
         """The ``--features`` string of the traced source features."""
@@ -90,14 +122,53 @@ def _layer_names(kind: str, layer: int) -> dict[str, str]:
             "ln2_w": p + "norm2.weight", "ln2_b": p + "norm2.bias"}
 
 
+@dataclass
+class GenericUnits:
+    """The generic FFN units of block ``s + 1`` (module doc): unit ``j`` computes
+    ``relu(x . read[j] + bias[j])`` of the LayerNorm'd stream ``x`` and writes ``write[j]``."""
+
+    read: np.ndarray
+    """(J, d_model) random dense mean-zero unit directions."""
+    bias: np.ndarray
+    """(J,) minus the ``knee[j]`` quantile of ``x . read[j]`` over the clean positions."""
+    write: np.ndarray
+    """(J, d_model) ``sum_g weights[j, g] * target direction g``."""
+    weights: np.ndarray
+    """(J, n_targets) per-unit, per-target write weights: ``generic_gain * N(0, 1) *
+    sensitivity[g] / sqrt(J)``."""
+    sensitivity: np.ndarray
+    """(n_targets,) per-target scale of the weights, log-normal (some targets far more
+    sensitive than others)."""
+    mean_output: np.ndarray
+    """(J,) each unit's mean clean activation (removed by the FFN output bias)."""
+
+
+def _generic_units(n_units: int, gain: float, tgt_dirs: np.ndarray, x: np.ndarray, seed: int) -> GenericUnits:
+    """Draw ``n_units`` generic units (module doc) for the LayerNorm'd clean stream ``x``
+    (positions x d_model), from their own generator (the planted parts' draws are unchanged)."""
+    rng = np.random.default_rng([seed, GENERIC_STREAM])
+    d_model, n_targets = x.shape[1], len(tgt_dirs)
+    read = rng.standard_normal((n_units, d_model))
+    read -= read.mean(1, keepdims=True)
+    read /= np.linalg.norm(read, axis=1, keepdims=True)
+    knee = rng.uniform(*GENERIC_KNEE, n_units)
+    sensitivity = np.exp(rng.normal(0.0, GENERIC_SENSITIVITY_SIGMA, n_targets))
+    weights = gain * rng.standard_normal((n_units, n_targets)) * sensitivity / np.sqrt(n_units)
+    proj = x @ read.T
+    bias = -np.array([np.quantile(proj[:, j], knee[j]) for j in range(n_units)])
+    mean_output = np.maximum(proj + bias, 0.0).mean(0)
+    return GenericUnits(read, bias, weights @ tgt_dirs, weights, sensitivity, mean_output)
+
+
 def _plant(state: dict, kind: str, n_layers: int, s: int, src_dirs: np.ndarray, tgt_dirs: np.ndarray,
-           truth: pd.DataFrame, x_proj: np.ndarray, gain: float) -> None:
+           truth: pd.DataFrame, x_proj: np.ndarray, gain: float, generic: GenericUnits | None = None) -> None:
     """Rewrite the blocks after ``s`` in ``state`` (torch tensors, in place): see the module doc.
 
     ``x_proj``: projections of the LayerNorm'd clean residuals of layer ``s`` on the source
     directions (positions x n_source_dict): they set each unit's bias so that it never leaves its
     linear range, and the FFN output bias so that the units' mean output is removed (a unit
-    changes the stream only by what an ablation takes away)."""
+    changes the stream only by what an ablation takes away). ``generic``: units placed after the
+    planted ones (their mean output removed the same way)."""
     import torch
 
     for layer in range(s + 1, n_layers):
@@ -108,8 +179,10 @@ def _plant(state: dict, kind: str, n_layers: int, s: int, src_dirs: np.ndarray, 
             state[names[key]] = torch.ones_like(state[names[key]])
     names = _layer_names(kind, s + 1)
     w1, w2 = state[names["ff1_w"]].clone(), state[names["ff2_w"]].clone()
-    if len(truth) > w1.shape[0]:
-        raise ValueError(f"{len(truth)} planted edges need an FFN with as many units (has {w1.shape[0]})")
+    n_generic = 0 if generic is None else len(generic.read)
+    if len(truth) + n_generic > w1.shape[0]:
+        raise ValueError(f"{len(truth)} planted edges and {n_generic} generic units need an FFN with as many "
+                         f"units (has {w1.shape[0]})")
     b1 = state[names["ff1_b"]].clone()
     b2 = torch.zeros_like(state[names["ff2_b"]])
     for u, row in enumerate(truth.itertuples()):
@@ -119,6 +192,12 @@ def _plant(state: dict, kind: str, n_layers: int, s: int, src_dirs: np.ndarray, 
         # ablating the source lowers the unit by gain * z_f: the target moves by -(writing sign) * strength * ...
         w2[:, u] = torch.as_tensor(-row.expected_sign * row.strength * tgt_dirs[row.target_feature], dtype=w2.dtype)
         b2 -= w2[:, u] * float(b1[u] + gain * x_proj[:, f].mean())  # remove the unit's mean output
+    for j in range(n_generic):
+        u = len(truth) + j
+        w1[u] = torch.as_tensor(generic.read[j], dtype=w1.dtype)
+        b1[u] = float(generic.bias[j])
+        w2[:, u] = torch.as_tensor(generic.write[j], dtype=w2.dtype)
+        b2 -= w2[:, u] * float(generic.mean_output[j])
     state[names["ff1_w"]], state[names["ff1_b"]], state[names["ff2_w"]], state[names["ff2_b"]] = w1, b1, w2, b2
 
 
@@ -159,7 +238,8 @@ def make_planted(path, kind: str = "geneformer", *, n_cells: int = 80, n_genes: 
                  n_layers: int = 4, source_layer: int = 1, n_source_dict: int = 48, n_traced: int = 24,
                  n_planted: int = 12, n_targets: int = 24, edges_per_source: int = 2, fire_fraction: float = 0.3,
                  gain: float = 4.0,
-                 strengths: tuple[float, float] = (0.03, 1.0), seed: int = 0) -> PlantedCircuit:
+                 strengths: tuple[float, float] = (0.03, 1.0), generic_units: int = 0,
+                 generic_gain: float = GENERIC_GAIN, seed: int = 0) -> PlantedCircuit:
     """Write a planted model (``kind``: geneformer or scgpt), its two SAEs (layers
     ``source_layer`` and ``n_layers - 1``) and ``n_cells`` synthetic cells under ``path``.
 
@@ -178,6 +258,8 @@ def make_planted(path, kind: str = "geneformer", *, n_cells: int = 80, n_genes: 
         raise ValueError("need a source layer with at least one block after it")
     if not n_planted <= n_traced <= n_source_dict or edges_per_source > n_targets:
         raise ValueError("need n_planted <= n_traced <= n_source_dict and edges_per_source <= n_targets")
+    if generic_units < 0:
+        raise ValueError(f"generic_units must be >= 0, got {generic_units}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -207,17 +289,18 @@ def make_planted(path, kind: str = "geneformer", *, n_cells: int = 80, n_genes: 
     h = _clean_residuals(model_dir, data, source_layer, gene_column)
     x = (h - h.mean(1, keepdims=True)) / h.std(1, keepdims=True)  # what block s + 1's plain LayerNorm sees
     x_proj = x @ src_dirs.T
+    generic = _generic_units(generic_units, generic_gain, tgt_dirs, x, seed) if generic_units else None
     if kind == "geneformer":
         from transformers import BertForMaskedLM
 
         model = BertForMaskedLM.from_pretrained(model_dir)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        _plant(state, kind, n_layers, source_layer, src_dirs, tgt_dirs, truth, x_proj, gain)
+        _plant(state, kind, n_layers, source_layer, src_dirs, tgt_dirs, truth, x_proj, gain, generic)
         model.load_state_dict(state)
         model.save_pretrained(model_dir, safe_serialization=True)
     else:
         state = torch.load(model_dir / "best_model.pt", map_location="cpu", weights_only=True)
-        _plant(state, kind, n_layers, source_layer, src_dirs, tgt_dirs, truth, x_proj, gain)
+        _plant(state, kind, n_layers, source_layer, src_dirs, tgt_dirs, truth, x_proj, gain, generic)
         torch.save({k: v.contiguous() for k, v in state.items()}, model_dir / "best_model.pt")
 
     # source SAE: centred on the clean residuals, each feature firing at its top `fire_fraction` of positions
@@ -230,7 +313,7 @@ def make_planted(path, kind: str = "geneformer", *, n_cells: int = 80, n_genes: 
     save_sae(_sae(tgt_dirs, n_targets, bias=rng.uniform(0.5, 1.5, n_targets)), saes_dir / f"layer{target_layer:02d}")
     truth.to_csv(path / f"{kind}_truth.csv", index=False)
     return PlantedCircuit(model_dir, saes_dir, data, source_layer, target_layer, list(range(n_traced)), truth,
-                          gene_column)
+                          gene_column, generic)
 
 
 def score_edges(edges: pd.DataFrame, truth: pd.DataFrame, n_traced: int, n_targets: int,
