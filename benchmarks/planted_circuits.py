@@ -12,7 +12,7 @@ Prints two markdown tables and writes them to --out as JSON.
 
     PYTHONPATH=src python benchmarks/planted_circuits.py --out /tmp/planted [--cells 60] [--seeds 0,1]
         [--null-directions feature,mixed] [--variant wide|narrow] [--rescore] [--source-norm median_mad] [--threshold decoy] [--decoy-score d]
-        [--generic-units 32] [--generic-gain 1.0]
+        [--generic-units 32] [--generic-gain 1.0] [--layernorm live,frozen]
 
 Variants: ``wide`` (d_model 96, 24 traced sources of which 12 planted with 2 edges each, 24
 targets) and ``narrow`` (d_model 48, 16 traced sources of which 8 planted, 16 targets: the
@@ -40,7 +40,7 @@ VARIANTS = {"wide": {}, "narrow": {"d_model": 48, "n_source_dict": 24, "n_traced
 def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, rescore: bool,
             null_directions: str = "feature", variant: str = "wide", source_norm: str | None = None,
             scoring: dict | None = None, generic_units: int = 0,
-            generic_gain: float | None = None) -> tuple[list[dict], list[dict]]:
+            generic_gain: float | None = None, layernorm: str = "live") -> tuple[list[dict], list[dict]]:
     from sccircuits.models.planted import GENERIC_GAIN, calibration, make_planted, score_edges
     from sccircuits.rundir import RunDir
     from sccircuits.trace import Accumulators, Thresholds, TraceConfig, build_tables, trace
@@ -50,14 +50,14 @@ def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, 
     generic_gain = GENERIC_GAIN if generic_gain is None else generic_gain
     if generic_units:
         root = root.with_name(root.name + f"_g{generic_units}" + ("" if generic_gain == GENERIC_GAIN else f"x{generic_gain:g}"))
-    run = root / f"run_{null_directions}"
+    run = root / (f"run_{null_directions}" + ("" if layernorm == "live" else f"_{layernorm}"))
     wall = None
     if not (rescore and (run / "trace" / "accumulators.npz").is_file()):
         pc = make_planted(root, kind, n_cells=n_cells, seed=seed, generic_units=generic_units,
                           generic_gain=generic_gain, **VARIANTS[variant])
         t0 = time.time()
         trace(model=pc.model, data=pc.data, saes=pc.saes, out=run, n_cells=n_cells, features=pc.features_spec(),
-              progress=False, null_directions=null_directions,
+              progress=False, null_directions=null_directions, layernorm=layernorm,
               **({"gene_column": pc.gene_column} if pc.gene_column else {}))
         wall = round(time.time() - t0, 1)
     truth = pd.read_csv(root / f"{kind}_truth.csv")
@@ -80,12 +80,13 @@ def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, 
                            ("published, uncapped", "passes_published", fdr["published"])):
         sc = score_edges(e, truth, n_traced, n_targets, col, min_strength)
         rows.append({"architecture": kind, "seed": seed, "variant": variant, "generic_units": generic_units,
-                     "generic_gain": generic_gain if generic_units else 0.0, "null_directions": null_directions, "criterion": name, **sc, "estimated_fdr": est,
+                     "generic_gain": generic_gain if generic_units else 0.0, "null_directions": null_directions, "layernorm": layernorm, "criterion": name, **sc, "estimated_fdr": est,
                      "forward_passes": m["forward_passes"], "forward_passes_null_free": m["forward_passes_null_free"],
                      "trace_wall_s": wall, **generic})
     cal = calibration(acc, truth, base, min_strength=min_strength, model=kind)
     cal.insert(0, "null_directions", null_directions)
     cal.insert(0, "generic_gain", generic_gain if generic_units else 0.0)
+    cal.insert(0, "layernorm", layernorm)
     cal.insert(0, "generic_units", generic_units)
     cal.insert(0, "variant", variant)
     cal.insert(0, "seed", seed)
@@ -116,29 +117,32 @@ def main() -> None:
                     help="generic (non-edge, not LayerNorm) FFN units in the planted block (default 0: none)")
     ap.add_argument("--generic-gain", type=float, default=None,
                     help="scale of the generic units' writes (default: make_planted's default)")
+    ap.add_argument("--layernorm", default="live", help="TraceConfig.layernorm values to trace (comma-separated: live, frozen)")
     a = ap.parse_args()
     scoring = {k: v for k, v in (("threshold", a.threshold), ("decoy_score", a.decoy_score)) if v}
     rows, cal = [], []
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             for nd in a.null_directions.split(","):
-                r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.variant, a.source_norm,
-                               scoring, a.generic_units, a.generic_gain)
-                rows += r
-                cal += c
+                for ln in a.layernorm.split(","):
+                    r, c = run_one(a.out, kind, seed, a.cells, a.min_strength, a.rescore, nd, a.variant, a.source_norm,
+                                   scoring, a.generic_units, a.generic_gain, ln)
+                    rows += r
+                    cal += c
     a.out.mkdir(parents=True, exist_ok=True)
     tag = ("" if a.variant == "wide" else f"_{a.variant}") + (f"_{a.source_norm}" if a.source_norm else "")
     tag += f"_g{a.generic_units}" if a.generic_units else ""
     tag += f"x{a.generic_gain:g}" if a.generic_units and a.generic_gain is not None else ""
     tag += "".join(f"_{v}" for v in scoring.values())
+    tag += "" if a.layernorm == "live" else "_ln-" + a.layernorm.replace(",", "-")
     (a.out / f"planted_results{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (a.out / f"planted_calibration{tag}.json").write_text(json.dumps(cal, indent=1, default=float))
-    print(markdown(pd.DataFrame(rows), ["architecture", "seed", "variant", "generic_units", "generic_gain", "null_directions", "criterion", "kept", "true_positives",
+    print(markdown(pd.DataFrame(rows), ["architecture", "seed", "variant", "generic_units", "generic_gain", "null_directions", "layernorm", "criterion", "kept", "true_positives",
                                         "precision", "actual_fdr", "estimated_fdr", "recall", "recall_all",
                                         "sign_accuracy", "share_d_negative", "forward_passes",
                                         "forward_passes_null_free", "mean_abs_effect_no_path"]))
     print()
-    print(markdown(pd.DataFrame(cal), ["architecture", "seed", "variant", "generic_units", "generic_gain", "null_directions", "fdr", "min_rel_change", "kept",
+    print(markdown(pd.DataFrame(cal), ["architecture", "seed", "variant", "generic_units", "generic_gain", "null_directions", "layernorm", "fdr", "min_rel_change", "kept",
                                        "false_positives", "fp_no_path", "fp_off_target", "actual_fdr",
                                        "estimated_fdr", "expected_false", "expected_false_no_path", "recall", "sign_accuracy",
                                        "share_d_negative"]))
