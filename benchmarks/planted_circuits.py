@@ -40,7 +40,7 @@ VARIANTS = {"wide": {}, "narrow": {"d_model": 48, "n_source_dict": 24, "n_traced
 def run_one(out: Path, kind: str, seed: int, n_cells: int, min_strength: float, rescore: bool,
             null_directions: str = "feature", variant: str = "wide", source_norm: str | None = None,
             scoring: dict | None = None, generic_units: int = 0,
-            generic_gain: float | None = None, layernorm: str = "live") -> tuple[list[dict], list[dict]]:
+            generic_gain: float | None = None, layernorm: str = "frozen") -> tuple[list[dict], list[dict]]:
     from sccircuits.models.planted import GENERIC_GAIN, calibration, make_planted, score_edges
     from sccircuits.rundir import RunDir
     from sccircuits.trace import Accumulators, Thresholds, TraceConfig, build_tables, trace
@@ -113,13 +113,15 @@ def main() -> None:
     ap.add_argument("--source-norm", default=None, help="score with this TraceConfig.source_norm (default: the default)")
     ap.add_argument("--threshold", default=None, help="score with this TraceConfig.threshold (bh, decoy, decoy_plus)")
     ap.add_argument("--decoy-score", default=None, help="score with this TraceConfig.decoy_score (null_z, d)")
+    ap.add_argument("--null-location", default=None, help="score with this TraceConfig.null_location (draws, pooled)")
     ap.add_argument("--generic-units", type=int, default=0,
                     help="generic (non-edge, not LayerNorm) FFN units in the planted block (default 0: none)")
     ap.add_argument("--generic-gain", type=float, default=None,
                     help="scale of the generic units' writes (default: make_planted's default)")
-    ap.add_argument("--layernorm", default="live", help="TraceConfig.layernorm values to trace (comma-separated: live, frozen)")
+    ap.add_argument("--layernorm", default="frozen", help="TraceConfig.layernorm values to trace (comma-separated: frozen, the default, and live)")
     a = ap.parse_args()
-    scoring = {k: v for k, v in (("threshold", a.threshold), ("decoy_score", a.decoy_score)) if v}
+    scoring = {k: v for k, v in (("threshold", a.threshold), ("decoy_score", a.decoy_score),
+                                 ("null_location", a.null_location)) if v}
     rows, cal = [], []
     for kind in a.kinds.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
@@ -134,7 +136,7 @@ def main() -> None:
     tag += f"_g{a.generic_units}" if a.generic_units else ""
     tag += f"x{a.generic_gain:g}" if a.generic_units and a.generic_gain is not None else ""
     tag += "".join(f"_{v}" for v in scoring.values())
-    tag += "" if a.layernorm == "live" else "_ln-" + a.layernorm.replace(",", "-")
+    tag += "" if a.layernorm == "frozen" else "_ln-" + a.layernorm.replace(",", "-")
     (a.out / f"planted_results{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (a.out / f"planted_calibration{tag}.json").write_text(json.dumps(cal, indent=1, default=float))
     print(markdown(pd.DataFrame(rows), ["architecture", "seed", "variant", "generic_units", "generic_gain", "null_directions", "layernorm", "criterion", "kept", "true_positives",

@@ -86,7 +86,7 @@ def test_frozen_layernorm_removes_the_off_target_false_edges(planted, tmp_path):
 
 
 def test_layernorm_option_validated_and_compat_keeps_live():
-    assert TraceConfig().layernorm == "live"
+    assert TraceConfig().layernorm == "frozen"
     assert TraceConfig(compat="reference").layernorm == "live"
     with pytest.raises(ConfigError, match="layernorm"):
         TraceConfig(compat="reference", layernorm="frozen")

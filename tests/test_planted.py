@@ -39,7 +39,8 @@ def _block_outputs(pc, layer):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """The same planted geneformer circuit without and with 32 generic units, both traced."""
+    """The same planted geneformer circuit without and with 32 generic units, both traced with live
+    LayerNorms; and the one with generic units traced with frozen LayerNorms too ("32f")."""
     from sccircuits.models.planted import make_planted
     from sccircuits.trace import trace
 
@@ -48,8 +49,11 @@ def pair(tmp_path_factory):
     for n in (0, 32):
         pc = make_planted(root / f"g{n}", "geneformer", generic_units=n, **SIZES)
         res = trace(model=pc.model, data=pc.data, saes=pc.saes, out=root / f"g{n}" / "run", n_cells=30,
-                    features=pc.features_spec(), progress=False)
+                    features=pc.features_spec(), progress=False, layernorm="live")
         out[n] = (pc, res.edges)
+    res = trace(model=pc.model, data=pc.data, saes=pc.saes, out=root / "g32" / "run_frozen", n_cells=30,
+                features=pc.features_spec(), progress=False, layernorm="frozen")
+    out["32f"] = (pc, res.edges)
     return out
 
 
@@ -115,6 +119,21 @@ def test_generic_units_move_every_target_but_planted_edges_survive(pair):
     assert pub32["false_positives"] > 20 and pub32["recall"] >= 0.9 and pub0["recall"] >= 0.9
     ours = score_edges(e32, pc32.truth, 10, 12, "edge")
     assert ours["recall"] >= 0.6 and ours["sign_accuracy"] == 1.0
+
+
+def test_generic_units_still_fool_the_published_rule_with_frozen_layernorms(pair):
+    """Frozen LayerNorms remove the LayerNorm channel, not the generic units: the benchmark stays
+    a test of the null (no-path sources still move targets, the published rule still passes
+    them), and the default criterion still keeps the planted edges."""
+    from sccircuits.models.planted import score_edges
+
+    (pc, e), (_, e_live) = pair["32f"], pair[32]
+    planted = set(pc.truth["source_feature"])
+    no_path = e[~e["source_feature"].isin(planted)]
+    assert no_path["mean_delta"].abs().mean() > 0.3 * e_live[~e_live["source_feature"].isin(planted)]["mean_delta"].abs().mean()
+    assert score_edges(e, pc.truth, 10, 12, "passes_published")["false_positives"] > 20
+    ours = score_edges(e, pc.truth, 10, 12, "edge")
+    assert ours["recall"] >= 0.6 and ours["sign_accuracy"] == 1.0 and ours["false_positives"] <= 1
 
 
 def test_generic_units_validated(tmp_path):

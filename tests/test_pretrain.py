@@ -212,7 +212,10 @@ def test_shipped_geneformer_keeps_its_coexpression_gene_embeddings(tmp_path):
     assert opts["freeze_embeddings"] and opts["embedding_init"] == "coexpression"
     write_geneformer_dir(tmp_path, adata, tr, PretrainConfig(**opts))
     name = "bert.embeddings.word_embeddings.weight"
-    assert torch.equal(_weights(datasets.demo_model_path("geneformer"))[name], _weights(tmp_path)[name])
+    shipped, rebuilt = _weights(datasets.demo_model_path("geneformer"))[name], _weights(tmp_path)[name]
+    # equal up to the last bits of the linear algebra (numpy/LAPACK builds differ in them);
+    # a trained (unfrozen) row moves by orders of magnitude more
+    torch.testing.assert_close(shipped, rebuilt, rtol=1e-4, atol=1e-5)
 
 
 def test_shipped_scgpt_beats_frequency_baseline_on_held_out_cells():

@@ -14,6 +14,7 @@ NULL_DIRECTIONS = ("feature", "mixed")
 SOURCE_NORMS = ("none", "median_mad")
 THRESHOLDS = ("bh", "decoy", "decoy_plus")
 DECOY_SCORES = ("null_z", "d")
+NULL_LOCATIONS = ("draws", "pooled")
 LAYERNORMS = ("live", "frozen")
 
 
@@ -72,7 +73,8 @@ class TraceConfig:
     source_norm: str = option("none", "criterion null: none, or median_mad: each source's null z over the targets of a layer pair (and each null draw's, alike) is centred on its median and divided by its spread (1.4826 x MAD, at least 1), and the magnitude floor applies to the change beyond that median, so a source that shifts every target (its own downstream writes change the stream's norm; LayerNorm rescales all targets) keeps only targets that stand out from its others")
     threshold: str = option("bh", "criterion null: how the cut is chosen: bh (Benjamini-Hochberg at --fdr over the null p-values of every test) or decoy (target-decoy: the loosest cut at which the null draws' tests passing it, scaled to the number of real tests, are <= --fdr x the real tests passing it; decoy_plus adds one null pass to that count, as knockoff+)")
     decoy_score: str = option("null_z", "criterion null, threshold decoy: the score real and null-draw tests are ranked by: null_z (|z| against the target's null draws) or d (|cohen's d|)")
-    layernorm: str | None = compat_option("live", "live", "LayerNorms in the ablated passes: live (each recomputes its own scale, so an ablation also rescales the whole stream and shifts every target a little) or frozen (each divides by its clean-pass denominator at that position: an observation is what attention and MLPs carry, the whole-stream rescaling left out; real and null ablations alike)")
+    layernorm: str | None = compat_option("frozen", "live", "LayerNorms in the ablated passes: live (each recomputes its own scale, so an ablation also rescales the whole stream and shifts every target a little) or frozen (each divides by its clean-pass denominator at that position: an observation is what attention and MLPs carry, the whole-stream rescaling left out; real and null ablations alike)")
+    null_location: str = option("draws", "criterion null: each target's null location and spread: draws (mean and shrunk variance of the null draws' changes) or pooled (median and MAD of the real sources' and null draws' changes together: an empirical null; a target's specific edges are a few of its tests)")
     null_ablation: bool = option(True, "also run the null ablations (data-matched directions, norm-matched per position); needed by criterion null")
     null_draws: int = option(16, "null pseudo-sources per source layer (at most --null-budget x the traced features of the layer)")
     null_budget: float = option(0.5, "null ablations at most this fraction of the real ones (expected): the trace costs <= 1 + this in forward passes")
@@ -112,6 +114,8 @@ class TraceConfig:
               f"threshold must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}")
         check(self.decoy_score in DECOY_SCORES,
               f"decoy_score must be one of {', '.join(DECOY_SCORES)}, got {self.decoy_score!r}")
+        check(self.null_location in NULL_LOCATIONS,
+              f"null_location must be one of {', '.join(NULL_LOCATIONS)}, got {self.null_location!r}")
         check(self.layernorm in LAYERNORMS, f"layernorm must be one of {', '.join(LAYERNORMS)}, got {self.layernorm!r}")
         check(self.null_draws >= 3, "null_draws must be >= 3 (the per-target null needs a spread)")
         check(0 < self.null_budget <= 1, "null_budget must be in (0, 1]")

@@ -92,12 +92,13 @@ class Thresholds:
     source_norm: str = "none"
     threshold: str = "bh"
     decoy_score: str = "null_z"
+    null_location: str = "draws"
 
     @classmethod
     def from_config(cls, cfg) -> "Thresholds":
         return cls(cfg.d_threshold, cfg.consistency_threshold, cfg.consistency_kind, cfg.min_cells,
                    cfg.max_q, cfg.top_per_layer, cfg.criterion, cfg.fdr, cfg.min_rel_change, cfg.source_norm,
-                   cfg.threshold, cfg.decoy_score)
+                   cfg.threshold, cfg.decoy_score, cfg.null_location)
 
 
 def consistency(pos: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -172,7 +173,7 @@ def _source_norm(z: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return (z - med[:, None]) / spread[:, None], med[:, None] * scale
 
 
-def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = "none"
+def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = "none", location: str = "draws"
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-target null comparison of one (source layer, target layer) block.
 
@@ -191,7 +192,11 @@ def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = 
     shifts every target of the layer (its downstream writes change the stream's norm, and the
     next LayerNorm rescales all targets; the null draws, features without such writes, show no
     such shift) is then judged by how far a target stands out from its own other targets;
-    specific edges are a few targets of a layer."""
+    specific edges are a few targets of a layer.
+
+    With ``location="pooled"`` each target's location and spread are the median and 1.4826 x
+    MAD of the real sources' and the null draws' changes together (:func:`pooled_location`),
+    and every test, real or null draw, is compared with them."""
     r, size = _per_unit(real)
     rn, _ = _per_unit(null)
     ok = null.n >= max(min_cells, 2)
@@ -201,6 +206,19 @@ def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = 
     m_null = nan.copy()
     if K < 3:
         return np.full(r.shape, np.nan), nan, np.full(r.shape, np.nan), size, m_null
+    if location == "pooled":
+        m, scale = pooled_location(r[real.n >= max(min_cells, 2)], x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z, zn = (r - m) / scale, (x - m) / scale
+        z, zn = np.where(np.isfinite(z), z, np.nan), np.where(np.isfinite(zn), zn, np.nan)
+        m, m_o = np.broadcast_to(m, z.shape), np.broadcast_to(m, zn.shape)
+        if source_norm == "median_mad":
+            z, shift = _source_norm(z, scale[None, :])
+            zn, shift_n = _source_norm(zn, scale[None, :])
+            m, m_o = m + shift, m_o + shift_n
+        nan[ok] = zn
+        m_null[ok] = m_o
+        return z, nan, m, size, m_null
     m = x.mean(0)
     v = x.var(0, ddof=1)
     pos = v[v > 0]
@@ -225,6 +243,27 @@ def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = 
     nan[ok] = zn
     m_null[ok] = m_o
     return z, nan, m, size, m_null
+
+
+def pooled_location(real: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per target (column): the median and the spread 1.4826 x MAD of the changes per unit norm
+    of the real sources (``real``, (F, T)) and the null draws (``draws``, (K, T)) together, an
+    empirical null in Efron's sense: a target's specific edges are a few of its F + K tests, so
+    the bulk of them gives its generic response (how much any ablation of that size moves it),
+    with F + K values instead of the K draws alone. A spread of 0 (most tests exactly
+    unchanged) is raised to :data:`SCALE_FLOOR` x the block's median positive spread."""
+    pool = np.concatenate([real, draws])
+    pool = np.where(np.isfinite(pool), pool, np.nan)
+    T = pool.shape[1]
+    m, spread = np.zeros(T), np.zeros(T)
+    cols = np.isfinite(pool).any(0)
+    if cols.any():
+        m[cols] = np.nanmedian(pool[:, cols], axis=0)
+        spread[cols] = 1.4826 * np.nanmedian(np.abs(pool[:, cols] - m[cols]), axis=0)
+    pos = spread[spread > 0]
+    floor = SCALE_FLOOR * float(np.median(pos)) if pos.size else 0.0
+    spread = np.where(cols, np.maximum(spread, floor), np.nan)
+    return m, np.where(spread > 0, spread, np.nan)
 
 
 def null_scale(null_abs: np.ndarray, df: float) -> float:
@@ -306,7 +345,7 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         return blocks, 0.0
     for (s, t), b in blocks.items():
         real, null = acc.pairs[("real", s, t)], acc.pairs[("null", s, t)]
-        b.z, b.null_z, m, size, m_null = null_z(real, null, th.min_cells, th.source_norm)
+        b.z, b.null_z, m, size, m_null = null_z(real, null, th.min_cells, th.source_norm, th.null_location)
         b.effect = real.mean - m * size[:, None]
         b.rel = _rel_change(b.effect, real)
         b.null_st = pair_statistics(null, th.min_cells)
