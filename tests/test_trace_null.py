@@ -398,3 +398,43 @@ def test_threshold_options_validated():
         TraceConfig(threshold="knockoff")
     with pytest.raises(ConfigError, match="decoy_score must be one of"):
         TraceConfig(threshold="decoy", decoy_score="p")
+
+
+def test_pooled_location_hand_computed():
+    from sccircuits.trace.edges import pooled_location
+
+    m, spread = pooled_location(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[5.0, 4.0]]))
+    np.testing.assert_allclose(m, [3.0, 4.0])
+    np.testing.assert_allclose(spread, [1.4826 * 2.0, 1.4826 * 2.0 * 0.1])  # column 2: MAD 0 -> floor
+
+
+def _popular_no_signal_accumulators(rng, n_cells=40, F=24, K=12, T=30, planted=()):
+    """Every ablation (real or null) shifts each target by its own random amount, consistently
+    across cells, with per-target scales spread over 30x (popular targets move a lot under any
+    ablation) and a shared direction per target (a nonzero mean shift): no edge unless planted."""
+    scale = np.exp(rng.uniform(np.log(0.01), np.log(0.3), T))
+    shared = rng.normal(0, 1, T) * scale
+    clean = np.full((1, T), 2.0)
+    stats = lambda n, pl: _pair_stats(rng, n_cells, T, [lambda: shared + scale * rng.normal(0, 1, T)] * n, pl,  # noqa: E731
+                                      clean, 0.01)
+    acc = Accumulators({0: np.arange(F)}, {0: [1]}, {1: T}, null_features={0: np.arange(K)})
+    acc.pairs[("real", 0, 1)] = stats(F, planted)
+    acc.pairs[("null", 0, 1)] = stats(K, ())
+    acc.active = {0: np.full(F, n_cells)}
+    return acc
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_pooled_null_keeps_nothing_without_signal_despite_popularity_and_shared_direction(seed):
+    """Built to fool a pooled (empirical) null: no edge at all, popular targets, a shared shift.
+    Every |d| is large (the published rule passes most tests) but the pooled null keeps at most
+    one edge per seed; planted on top, strong edges are found."""
+    acc = _popular_no_signal_accumulators(np.random.default_rng(seed))
+    edges, _, _ = build_tables(acc, Thresholds(min_cells=3, null_location="pooled"), "m")
+    assert edges["passes_published"].mean() > 0.5
+    assert edges["edge"].sum() <= 1
+    planted = ((0, 3, -1.5), (1, 7, 1.5), (2, 11, 2.0))  # >= 5 x the largest target spread
+    acc = _popular_no_signal_accumulators(np.random.default_rng(seed), planted=planted)
+    edges, _, _ = build_tables(acc, Thresholds(min_cells=3, null_location="pooled"), "m")
+    kept = set(zip(edges.loc[edges["edge"], "source_feature"], edges.loc[edges["edge"], "target_feature"]))
+    assert {(f, g) for f, g, _ in planted} <= kept and len(kept) <= len(planted) + 1

@@ -354,7 +354,7 @@ def _blocks(acc: Accumulators, th: Thresholds) -> tuple[dict, float]:
         b.null_rel = _rel_change(b.null_effect, null)
         b.z = np.where(b.st["valid"], b.z, np.nan)
     null_abs = np.concatenate([np.abs(b.null_z[np.isfinite(b.null_z)]) for b in blocks.values()])
-    df = _null_df(acc)
+    df = _null_df(acc, th.null_location)
     scale = null_scale(null_abs, df)
     for b in blocks.values():
         b.p_null = null_p(b.z, scale, df)
@@ -425,11 +425,17 @@ def decoy_cut(blocks: dict, th: Thresholds) -> float:
     return float(cuts[ok].max()) if ok.any() else -np.inf
 
 
-def _null_df(acc: Accumulators) -> float:
-    """Degrees of freedom of the leave-one-out null z: (K - 2) of the other draws plus the prior's,
-    with K the smallest number of null draws of a source layer."""
-    ks = [len(f) for f in acc.null_features.values() if len(f) >= 3]
-    return float(min(ks) - 2 + NULL_PRIOR_DF) if ks else np.nan
+def _null_df(acc: Accumulators, location: str = "draws") -> float:
+    """Degrees of freedom of the null z: with the draws' location, (K - 2) of the other draws plus
+    the prior's, with K the smallest number of null draws of a source layer; with the pooled
+    location, F + K - 2 (F traced features and K draws of the layer with fewest). The null scale
+    (:func:`null_scale`) widens the t further wherever the draws' own z need it."""
+    ks = {s: len(f) for s, f in acc.null_features.items() if len(f) >= 3}
+    if not ks:
+        return np.nan
+    if location == "pooled":
+        return float(min(len(acc.features[s]) + k for s, k in ks.items()) - 2)
+    return float(min(ks.values()) - 2 + NULL_PRIOR_DF)
 
 
 def _split(blocks: dict, flat: np.ndarray, name: str) -> None:
