@@ -356,8 +356,9 @@ def calibration(acc, truth: pd.DataFrame, base, settings=CALIBRATION_SETTINGS, m
     a finished trace's statistics ``acc`` (no forward pass).
 
     Per setting: :func:`score_edges` of the kept edges, the estimated FDR
-    (:func:`~sccircuits.trace.edges.estimated_fdr`), the expected number of false passes it
-    implies, and where the actual false edges come from: ``fp_no_path`` (sources with no planted
+    (:func:`~sccircuits.trace.edges.estimated_fdr`: the larger of its empirical and model parts,
+    both also given), the expected number of false passes the empirical part implies
+    (``expected_false``), and where the actual false edges come from: ``fp_no_path`` (sources with no planted
     edge, i.e. exactly what the null draws imitate) and ``fp_off_target`` (a planted source and
     a target it has no planted edge to: effects the source has only because its planted units
     change the stream, e.g. through LayerNorm), and ``expected_false_no_path``, the estimate's
@@ -379,9 +380,11 @@ def calibration(acc, truth: pd.DataFrame, base, settings=CALIBRATION_SETTINGS, m
         kept = e[e["passes_null"]]
         false = [(f, g) for f, g in zip(kept["source_feature"].astype(int), kept["target_feature"].astype(int))
                  if (f, g) not in true]
-        est = estimated_fdr(null)["null"]
+        fdrs = estimated_fdr(null)
+        est = fdrs["null"]
         expected = float(null["expected_false_null"].sum())
-        rows.append({"fdr": fdr, "min_rel_change": floor, **sc, "estimated_fdr": est, "expected_false": expected,
+        rows.append({"fdr": fdr, "min_rel_change": floor, **sc, "estimated_fdr": est, "estimated_fdr_empirical": fdrs["null_empirical"],
+                     "estimated_fdr_model": fdrs["null_model"], "expected_false": expected,
                      "expected_false_no_path": expected * (n_traced - len(planted)) / n_traced,
                      "fp_no_path": sum(f not in planted for f, _ in false),
                      "fp_off_target": sum(f in planted for f, _ in false),

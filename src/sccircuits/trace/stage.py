@@ -606,6 +606,7 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "n_edges_null_criterion": int(edges["passes_null"].sum()),
         "estimated_fdr": fdr["null" if cfg.criterion == "null" else "published"],
         "estimated_fdr_published": fdr["published"], "estimated_fdr_null": fdr["null"],
+        "estimated_fdr_null_empirical": fdr["null_empirical"], "estimated_fdr_null_model": fdr["null_model"],
     }
     if metrics["forward_passes_null_free"]:
         metrics["forward_pass_ratio"] = round(metrics["forward_passes"] / metrics["forward_passes_null_free"], 4)
