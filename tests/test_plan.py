@@ -82,6 +82,10 @@ def test_memory_estimate_components():
     # the two knobs are separate: more cells per clean pass leave the ablation pass alone
     more_cells = memory_estimate(dtype="float32", **{**kw, "clean_batch_size": 16})
     assert more_cells["clean_batch"] > m32["clean_batch"] and more_cells["ablation_pass"] == m32["ablation_pass"]
+    # frozen LayerNorms: the recorded denominators (2 float32 per position and block) and one scratch
+    frozen = memory_estimate(dtype="float32", **{**kw, "ln_blocks": 4})
+    assert frozen["clean_batch"] - m32["clean_batch"] == 4 * 10 * (8 * 4 + 8 * 4)
+    assert frozen["ablation_pass"] - m32["ablation_pass"] == 4 * 10 * 8 * 4
 
 
 def test_suggest_batch_size():

@@ -216,14 +216,16 @@ MEMORY_FORMULA = (
     "P = encode_chunk, Q = max(1, P // 16): "
     "model = params*b; saes = sum over layers used (2*d*D + D + 3*d)*4; accumulators = sum over (source, target) "
     "K*F*D*36; clean_batch = C*L*d*b*layers_kept + C*L*(5*d + d_ff)*b; ablation_pass = B*L*d*(b + 8) + "
-    "B*L*(5*d + d_ff)*b; encode = P*D*8; job_sums = C*F*D*8*(3*K*T + 4); null (K = 2 only) = S*d*D*4 + Q*D*48 + B*D*8")
+    "B*L*(5*d + d_ff)*b; encode = P*D*8; job_sums = C*F*D*8*(3*K*T + 4); null (K = 2 only) = S*d*D*4 + Q*D*48 + B*D*8; "
+    "frozen LayerNorms (N = ln_blocks, the blocks up to the deepest layer) add C*L*(d*b + 8*N) to clean_batch and "
+    "B*L*8*N to ablation_pass")
 """The formula of :func:`memory_estimate` in one line (the trace manifest records it)."""
 
 
 def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch_size: int,
                     max_length: int, n_layers_kept: int, n_targets_max: int, sae_sizes: dict[int, int],
                     n_features: dict[int, int], targets: dict[int, list[int]], n_kinds: int,
-                    encode_chunk: int, clean_batch_size: int | None = None) -> dict[str, int]:
+                    encode_chunk: int, clean_batch_size: int | None = None, ln_blocks: int = 0) -> dict[str, int]:
     """Peak memory of a trace in bytes, by component (pure function of shapes; the sum is the
     bound, :data:`MEMORY_FORMULA`). With ``B`` = ``batch_size`` (ablated rows per forward),
     ``C`` = ``clean_batch_size`` (cells per clean pass, default B), ``L`` = longest cell, ``d`` =
@@ -249,7 +251,10 @@ def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch
     * ``null`` (with the null only): the unit decoder rows of each source layer (``d D`` float32),
       the null-direction choice over ``encode_chunk // 16`` positions at a time (dense code,
       float64 ranking and its temporaries, <= 48 bytes per entry of ``D``) and one random
-      ranking per null row of a forward (``B D`` float64).
+      ranking per null row of a forward (``B D`` float64);
+    * frozen LayerNorms (``ln_blocks`` > 0: the blocks run by the clean pass): the recorded
+      denominators (two float32 per position and block) in the clean batch and, sliced, in each
+      ablation pass, plus one ``C L d b`` scratch of the recording LayerNorm.
 
     Peak <= the sum of the components (the clean states stay alive while the ablation passes run).
     """
@@ -269,8 +274,9 @@ def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch
         "model": n_params * b,
         "saes": sae_bytes,
         "accumulators": acc,
-        "clean_batch": C * L * d_model * n_layers_kept * b + working(C),
-        "ablation_pass": batch_size * L * d_model * (b + 8) + working(batch_size),
+        "clean_batch": C * L * d_model * n_layers_kept * b + working(C) + (C * L * (d_model * b + 8 * ln_blocks)
+                                                                          if ln_blocks else 0),
+        "ablation_pass": batch_size * L * d_model * (b + 8) + working(batch_size) + batch_size * L * 8 * ln_blocks,
         "encode": encode_chunk * D * 4 * 2,
         "job_sums": C * F * D * 8 * (3 * n_kinds * n_targets_max + 4),
         "null": null,
@@ -288,7 +294,14 @@ def memory_shape(setup: TraceSetup, batch_size: int | None = None) -> dict[str, 
             "b": DTYPE_BYTES[cfg.dtype], "D": max(int(setup.saes[l].d_sae) for l in layers),
             "F": max(len(f) for f in setup.features.values()),
             "T": max(len(t) for t in setup.targets.values()), "K": len(setup.kinds()), "S": len(setup.features),
-            "layers_kept": len(layers), "P": int(cfg.encode_chunk)}
+            "layers_kept": len(layers), "P": int(cfg.encode_chunk), "ln_blocks": _ln_blocks(setup)}
+
+
+def _ln_blocks(setup: TraceSetup) -> int:
+    """Blocks whose LayerNorm denominators a frozen-LayerNorm trace records (0 when live)."""
+    if setup.cfg.layernorm != "frozen":
+        return 0
+    return max(set(setup.features) | {t for ts in setup.targets.values() for t in ts}) + 1
 
 
 def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:
@@ -304,7 +317,7 @@ def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, 
         sae_sizes={l: int(setup.saes[l].d_sae) for l in layers},
         n_features={s: len(f) for s, f in setup.features.items()}, targets=setup.targets,
         n_kinds=len(setup.kinds()), encode_chunk=cfg.encode_chunk,
-        clean_batch_size=cfg.clean_batch_size or batch_size or cfg.batch_size)
+        clean_batch_size=cfg.clean_batch_size or batch_size or cfg.batch_size, ln_blocks=_ln_blocks(setup))
 
 
 def available_memory(device: str) -> int:
