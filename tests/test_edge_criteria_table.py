@@ -48,7 +48,7 @@ def test_one_table_both_models_both_criteria(demo_dir):
     assert "geneformer: real" in lines[0] and "scgpt: est. FDR" in lines[0]
     rows = {l.split(" | ")[0].lstrip("| "): l.strip("| ").split(" | ")[1:] for l in lines[2:]}
     assert len(rows) == 10 and sum(k.startswith("published") for k in rows) == 4
-    assert sum(k.startswith("null, BH") or k.startswith("null, run's BH") for k in rows) == 4
+    assert sum(k.startswith(("null, BH", "null, run's BH")) for k in rows) == 4
     decoy_rows = {"decoy": "null, target-decoy at FDR 0.05", "decoy_plus": "null, target-decoy+ at FDR 0.05"}
     assert set(decoy_rows.values()) <= set(rows)
     for i, name in enumerate(("geneformer", "scgpt")):
