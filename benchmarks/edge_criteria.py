@@ -6,9 +6,11 @@ subdirectories are such runs (the demo's output: DIR/geneformer, DIR/scgpt). Per
 threshold: real tests passing, null-draw tests passing scaled to the number of real tests
 (expected false passes), and their ratio (the estimated FDR). Rows: the published rule
 (reference consistency > 0.7, uncapped: a cap has no null counterpart) at |d| > 0.5, 1, 2, 3,
-and the null criterion at BH levels 0.01, 0.05, 0.1 with the run's magnitude floor, and at the
-run's BH level without it. Thresholds not varied are the run's own (its trace configuration). Nothing
-is recomputed from the model.
+the null criterion at BH levels 0.01, 0.05, 0.1 with the run's magnitude floor, and at the
+run's BH level without it, and the null criterion with the target-decoy cut (``threshold``
+decoy and decoy_plus, :func:`sccircuits.trace.edges.decoy_cut`) at the run's FDR level.
+Thresholds not varied are the run's own (its trace configuration). Nothing is recomputed from
+the model.
 
     PYTHONPATH=src python benchmarks/edge_criteria.py DIR [RUN ...]
 """
@@ -53,8 +55,11 @@ def rows_for(run: Path) -> list[dict]:
     acc, _ = Accumulators.load(run / STATS)
     base = base_thresholds(run)
     settings = [(f"published, |d| > {d}", "published", replace(base, d_threshold=d)) for d in (0.5, 1.0, 2.0, 3.0)]
-    settings += [(f"null, BH {q}", "null", replace(base, fdr=q)) for q in (0.01, 0.05, 0.1)]
-    settings.append(("null, run's BH level, no magnitude floor", "null", replace(base, min_rel_change=0.0)))
+    bh = replace(base, threshold="bh")  # (the run may have used a decoy cut)
+    settings += [(f"null, BH {q}", "null", replace(bh, fdr=q)) for q in (0.01, 0.05, 0.1)]
+    settings.append(("null, run's BH level, no magnitude floor", "null", replace(bh, min_rel_change=0.0)))
+    settings += [(f"null, {name} at FDR {base.fdr}", "null", replace(base, threshold=cut))
+                 for name, cut in (("target-decoy", "decoy"), ("target-decoy+", "decoy_plus"))]
     out = []
     for name, kind, th in settings:
         n = null_floor(acc, th)

@@ -64,6 +64,24 @@ def test_plan_counts_equal_trace_manifest(inputs, tmp_path, clean_batch_size):
     assert bound.passes.ablations == {s: 8 * 3 for s in (0, 1)}
 
 
+def test_plan_counts_the_null_matching_pass(inputs, tmp_path):
+    """Explicit features, no annotation, feature null: the trace runs a clean pass over the first
+    null_match_cells cells to find the frequencies to match; the plan's total counts it."""
+    opts = {k: v for k, v in OPTS.items() if k not in ("n_features", "selection")}
+    opts.update(features="0:2,5,9,12;1:3,7,20", null_match_cells=6)  # ceil(6 / batch_size 4) = 2 passes
+    report = plan_trace(**inputs, calibrate_cells=0, progress=False, **opts)
+    trace(**inputs, out=tmp_path / "run", progress=False, **opts)
+    metrics = RunDir(tmp_path / "run", create=False).stage("trace")["metrics"]
+    assert metrics["null_match_forward_passes"] == 2
+    for key, value in report.passes.totals().items():
+        assert value == metrics[key], key
+    assert report.passes.totals()["forward_passes"] == metrics["forward_passes"]
+    assert "null matching" in str(report) and f"total: {metrics['forward_passes']} forward passes" in str(report)
+    # only then: with the mixed null nothing is matched, and the plan counts no such pass
+    mixed = plan_trace(**inputs, calibrate_cells=0, progress=False, **{**opts, "null_directions": "mixed"})
+    assert mixed.passes.null_match_forward_passes == 0 and "null matching" not in str(mixed)
+
+
 def test_memory_estimate_components():
     kw = dict(n_params=1000, d_model=8, d_ff=32, batch_size=4, max_length=10, n_layers_kept=3,
               n_targets_max=2, sae_sizes={0: 16, 1: 16, 3: 16}, n_features={0: 5, 1: 5},

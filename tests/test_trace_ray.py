@@ -13,7 +13,8 @@ from sccircuits.trace.plan import prepare_trace
 from sccircuits.rundir import RunDir
 from sccircuits.trace import Accumulators, trace
 from sccircuits.trace.engine import AblationEngine, TracePlan
-from sccircuits.trace.ray_executor import assemble_block, make_tasks, pack_cells, task_plan, trace_with_ray, unpack_cells
+from sccircuits.trace.ray_executor import (TraceWorker, assemble_block, make_tasks, pack_cells, task_plan,
+                                            trace_with_ray, unpack_cells, worker_args)
 
 OPTS = dict(n_cells=8, n_features=3, selection="frequency", checkpoint_every=3, batch_size=4)
 COUNTERS = ("n_cells", "clean_forward_passes", "ablation_forward_passes", "ablations", "null_ablations",
@@ -101,6 +102,34 @@ def test_workers_capped_by_cluster_resources():
         _fitting_workers({"CPU": 2.0}, 1, 1)  # --device cuda on a cluster without GPUs: refuse, not hang
 
 
+def _other_thread_count() -> int:
+    """A torch thread count that is not the current one (so applying it is visible)."""
+    import torch
+
+    return 1 if torch.get_num_threads() != 1 else 2
+
+
+def test_worker_applies_threads(inputs):
+    """--threads reaches the worker (its constructor arguments) and the worker applies it."""
+    import torch
+
+    want = _other_thread_count()
+    before = torch.get_num_threads()
+    setup = prepare_trace(**inputs, out=".", progress=False, threads=want, **OPTS)
+    args = worker_args(setup, pack_cells(setup.cells))
+    try:
+        worker = TraceWorker(*args)
+        assert worker.num_threads() == want
+        torch.set_num_threads(before)
+        worker.run(make_tasks(setup.features, len(setup.cells), OPTS["checkpoint_every"])[0])
+        assert torch.get_num_threads() == want  # applied again before each task
+    finally:
+        torch.set_num_threads(before)
+    # without --threads the worker leaves torch's own setting alone
+    setup = prepare_trace(**inputs, out=".", progress=False, **OPTS)
+    assert TraceWorker(*worker_args(setup, pack_cells(setup.cells))).num_threads() == before
+
+
 def test_shard_option_is_refused(inputs, tmp_path):
     with pytest.raises(ConfigError, match="shard"):
         trace_with_ray(**inputs, out=tmp_path, shard="0/2", progress=False, **OPTS)
@@ -129,6 +158,17 @@ def test_worker_killed_mid_task_is_retried_once_counted(ray_cluster, inputs, loc
     assert ex["retries"] == 1 and ex["workers_replaced"] == 1 and ex["failures"] == ["b00001: ActorDiedError"]
     pd.testing.assert_frame_equal(res.edges, pd.read_parquet(local / "trace" / "edges.parquet"), check_exact=True)
     assert _metrics(tmp_path / "run") == _metrics(local)  # nothing double counted
+
+
+def test_ray_worker_runs_with_threads(ray_cluster, inputs):
+    """A Ray worker of 1 CPU (Ray's own default: 1 thread) runs with --threads 2."""
+    ray = ray_cluster
+    setup = prepare_trace(**inputs, out=".", progress=False, threads=2, **OPTS)
+    actor = ray.remote(num_cpus=1)(TraceWorker).remote(*worker_args(setup, ray.put(pack_cells(setup.cells))))
+    try:
+        assert ray.get(actor.num_threads.remote()) == 2
+    finally:
+        ray.kill(actor, no_restart=True)
 
 
 def test_finer_tasks_give_the_same_edges(ray_cluster, inputs, local, tmp_path):

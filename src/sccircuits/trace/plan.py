@@ -7,7 +7,9 @@
   on the selected cells (one clean pass over the cells, batched exactly like the tracer, so the
   counts equal the ``clean_forward_passes`` / ``ablation_forward_passes`` / ``ablations`` the
   tracer writes to its manifest). With ``firing=False`` it is an upper bound (every traced
-  feature fires in every cell) and nothing but tokenization runs.
+  feature fires in every cell) and nothing but tokenization runs. The total also counts the
+  clean passes that find the frequencies the ``feature`` null draws are matched to, when the
+  trace runs them (explicit ``--features`` without an annotation: ``null_match_cells`` cells).
 * the time per device, from a short calibration run of the real engine on a few cells (time
   per clean token and per ablated token, scaled by the tokens the plan will process). This
   is a linear-in-tokens model: attention is quadratic in length, so long-tailed length
@@ -61,10 +63,18 @@ class PassCounts:
     """Source layer -> sum over ablation passes of rows x padded length."""
     exact: bool = True
     """False when computed from the upper bound (every feature fires in every cell)."""
+    null_match_forward_passes: int = 0
+    """Clean passes that find the firing frequencies the ``feature`` null draws are matched to
+    (``null_match_cells`` cells; only when neither the annotation nor the feature selection had
+    frequencies, e.g. explicit ``--features`` without an annotation)."""
 
     def totals(self) -> dict[str, int]:
+        """The manifest's counters: ``forward_passes`` = clean + ablated + null-matching passes."""
+        ablation = sum(self.ablation_forward_passes.values())
         return {"clean_forward_passes": self.clean_forward_passes,
-                "ablation_forward_passes": sum(self.ablation_forward_passes.values()),
+                "ablation_forward_passes": ablation,
+                "null_match_forward_passes": self.null_match_forward_passes,
+                "forward_passes": self.clean_forward_passes + ablation + self.null_match_forward_passes,
                 "ablations": sum(self.ablations.values()),
                 "ablated_sequences": sum(self.ablated_sequences.values())}
 
@@ -390,7 +400,10 @@ class TracePlanReport:
             lines.append(f"  source layer {s}: {p.ablations[s]} ablations, {p.ablation_forward_passes[s]} ablated "
                          f"forward passes ({p.ablated_sequences[s]} sequences)")
         t = p.totals()
-        lines.append(f"  total: {t['clean_forward_passes'] + t['ablation_forward_passes']} forward passes")
+        if p.null_match_forward_passes:
+            lines.append(f"  null matching (firing frequencies of untraced features): {p.null_match_forward_passes} "
+                         "clean forward passes")
+        lines.append(f"  total: {t['forward_passes']} forward passes")
         mem = self.memory
         lines.append(f"peak memory (estimate): {_gib(sum(mem.values()))} = "
                      + ", ".join(f"{k} {_gib(v)}" for k, v in mem.items()))
@@ -427,6 +440,7 @@ def plan_setup(setup: TraceSetup, *, firing: bool = True, calibrate_cells: int =
     passes = count_passes(lengths, active, len(cells), cfg.checkpoint_every, cfg.batch_size,
                           null_active if cfg.null_ablation else None, cfg.cells_per_clean_pass)
     passes.exact = firing
+    passes.null_match_forward_passes = setup.null_match_passes  # prepare_trace ran them (feature null, no frequencies)
     calib, seconds = None, None
     if calibrate_cells > 0:
         calib = calibrate(setup, calibrate_cells)

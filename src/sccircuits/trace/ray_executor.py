@@ -154,15 +154,19 @@ def task_plan(features: dict[int, np.ndarray], targets: dict[int, list[int]], sl
 
 # ----------------------------------------------------------------------------- worker
 class TraceWorker:
-    """A Ray actor (see :func:`trace_with_ray`): the model and SAEs loaded once, from paths."""
+    """A Ray actor (see :func:`trace_with_ray`): the model and SAEs loaded once, from paths.
+    ``threads``: torch CPU threads of the worker process (``--threads``; None: torch's own)."""
 
     def __init__(self, model_path: str, saes_path: str, device: str, dtype: str, plan: dict,
-                 cells: dict, targets: dict, crash_once: tuple[str, str] | None = None):
+                 cells: dict, targets: dict, crash_once: tuple[str, str] | None = None,
+                 threads: int | None = None):
         import torch
 
         from ..models import load_model
         from ..sae import load_saes
 
+        self.threads = threads
+        self._set_threads()
         torch.manual_seed(0)
         self.adapter = load_model(model_path, device=device, dtype=dtype)
         self.saes = load_saes(saes_path, device=device)
@@ -174,6 +178,21 @@ class TraceWorker:
         self.plan_opts = plan
         self.crash_once = crash_once
         self.engines: dict = {}
+
+    def _set_threads(self) -> None:
+        """Apply ``threads`` (as the local tracer does around its blocks). The worker process is
+        the actor's own; it is applied again before each task, in case a task runs on another
+        thread than the constructor (an OpenMP thread count is per calling thread)."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    def num_threads(self) -> int:
+        """torch's CPU threads in this worker (what its tasks run with)."""
+        import torch
+
+        return torch.get_num_threads()
 
     def _engine(self, slots):
         from .engine import AblationEngine
@@ -189,12 +208,29 @@ class TraceWorker:
         if self.crash_once and task.id == self.crash_once[0] and not os.path.exists(self.crash_once[1]):
             Path(self.crash_once[1]).write_text(task.id)  # test hook: die once, mid-run
             os._exit(1)
+        self._set_threads()
         t0 = time.time()
         acc = self._engine(task.slots).run_cells(self.cells, list(task.cells))
         return task.id, acc.to_arrays(), int(round((time.time() - t0) * 1000))
 
     def ready(self) -> bool:
         return True
+
+
+def worker_args(setup, cells, crash_once: tuple[str, str] | None = None) -> tuple:
+    """The constructor arguments of a :class:`TraceWorker` for a prepared trace (``cells``: the
+    packed cells, :func:`pack_cells`, or a Ray reference to them): paths, device, dtype, the
+    engine plan's options (a new dict each call: the worker consumes it), targets, the test
+    hook and the trace's ``threads``."""
+    cfg, ins = setup.cfg, setup.inputs
+    plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
+            "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
+            "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
+            "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass,
+            "null_directions": cfg.null_directions, "null_features": setup.plan().null_features,
+            "freeze_layernorm": cfg.layernorm == "frozen"}
+    return (str(ins.model), str(ins.saes), cfg.device, cfg.dtype, plan, cells, setup.targets, crash_once,
+            cfg.threads)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -301,7 +337,7 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
     """Schedule ``tasks`` on ``opts.num_workers`` actors; write each finished block once."""
     from . import stage as st
 
-    cfg, ins = setup.cfg, setup.inputs
+    cfg = setup.cfg
     num_workers, cpus_per_worker, max_retries = opts.num_workers, opts.cpus_per_worker, opts.max_retries
     started = False
     if not ray.is_initialized():
@@ -312,14 +348,7 @@ def _run_tasks(ray, setup, tasks: list[Task], opts: RayOptions, fp: str, trace_d
         gpus = opts.gpus(cfg.device)
         Actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus, max_restarts=0)(TraceWorker)
         cells_ref = ray.put(pack_cells(setup.cells))
-        plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
-                "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
-                "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
-                "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass,
-                "null_directions": cfg.null_directions, "null_features": setup.plan().null_features,
-                "freeze_layernorm": cfg.layernorm == "frozen"}
-        new_actor = lambda: Actor.remote(str(ins.model), str(ins.saes), cfg.device, cfg.dtype,  # noqa: E731
-                                         dict(plan), cells_ref, setup.targets, opts.crash_once)
+        new_actor = lambda: Actor.remote(*worker_args(setup, cells_ref, opts.crash_once))  # noqa: E731
         n_actors = min(num_workers, len(tasks), _fitting_workers(ray.cluster_resources(), cpus_per_worker, gpus))
         if n_actors < min(num_workers, len(tasks)):
             warnings.warn(f"the Ray cluster has room for {n_actors} worker(s) of {cpus_per_worker} CPU and {gpus} GPU; "
