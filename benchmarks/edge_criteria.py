@@ -4,7 +4,8 @@ markdown table with a column group per model (for docs/demo-run.md).
 Each argument is a run directory holding ``trace/accumulators.npz``, or a directory whose
 subdirectories are such runs (the demo's output: DIR/geneformer, DIR/scgpt). Per run and
 threshold: real tests passing, null-draw tests passing scaled to the number of real tests
-(expected false passes), and their ratio (the estimated FDR). Rows: the published rule
+(expected false passes), and the estimated FDR (for the published rule their ratio; for the null
+criterion the larger of that ratio and BH's plug-in, as in the manifest). Rows: the published rule
 (reference consistency > 0.7, uncapped: a cap has no null counterpart) at |d| > 0.5, 1, 2, 3,
 the null criterion at BH levels 0.01, 0.05, 0.1 with the run's magnitude floor, and at the
 run's BH level without it, and the null criterion with the target-decoy cut (``threshold``
@@ -24,7 +25,7 @@ from pathlib import Path
 from sccircuits.artifacts import read_trace_meta
 from sccircuits.config import from_dict
 from sccircuits.trace import Accumulators, Thresholds, TraceConfig
-from sccircuits.trace.edges import null_floor
+from sccircuits.trace.edges import estimated_fdr, null_floor
 
 STATS = Path("trace") / "accumulators.npz"
 
@@ -66,8 +67,11 @@ def rows_for(run: Path) -> list[dict]:
         real_col, exp_col = (("n_real_passing", "expected_false_published") if kind == "published"
                              else ("n_real_passing_null", "expected_false_null"))
         real, exp = int(n[real_col].sum()), float(n[exp_col].sum())
+        # the null criterion's estimate, as the manifest states it: the larger of the null draws'
+        # count and BH's plug-in (tests x p cut / kept; BH cut only); the published rule's: the count
+        est = estimated_fdr(n)["null" if kind == "null" else "published"] if real else None
         out.append({"run": run.name, "criterion": name, "real": real, "null_scaled": round(exp, 1),
-                    "estimated_fdr": round(min(exp / real, 1.0), 4) if real else None})
+                    "estimated_fdr": None if est is None else round(est, 4)})
     return out
 
 
