@@ -164,10 +164,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--ours", choices=("both", "off", "default", "layernorm"), default="both",
+    ap.add_argument("--ours", choices=("both", "off", "default", "layernorm", "live", "frozen"), default="both",
                     help="which of our runs (one alone in a fresh process measures its peak RSS cleanly); "
                          "layernorm: two runs without compat (reference tokenization, null on), "
-                         "--layernorm live then frozen, to time the frozen LayerNorms")
+                         "--layernorm live then frozen, to time the frozen LayerNorms (live, frozen: one of them)")
     ap.add_argument("--profile-cells", type=int, default=8, help="cells profiled (0 = no profile)")
     ap.add_argument("--workdir", default=None, help="inputs are built here (reused when present)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -208,7 +208,9 @@ def main() -> None:
         plans = {"both": [("ours_null_off", {**compat, "null_ablation": False}), ("ours_default", compat)],
                  "off": [("ours_null_off", {**compat, "null_ablation": False})], "default": [("ours_default", compat)],
                  "layernorm": [("ours_live", {**no_compat, "layernorm": "live"}),
-                               ("ours_frozen", {**no_compat, "layernorm": "frozen"})]}[args.ours]
+                               ("ours_frozen", {**no_compat, "layernorm": "frozen"})],
+                 "live": [("ours_live", {**no_compat, "layernorm": "live"})],
+                 "frozen": [("ours_frozen", {**no_compat, "layernorm": "frozen"})]}[args.ours]
         for key, opts in plans:
             reset_peak_rss()
             rss0 = rss_mib("VmRSS")
