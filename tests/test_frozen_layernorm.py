@@ -102,3 +102,39 @@ def test_frozen_and_live_traces_never_share_checkpoints():
     feats, targets = {0: np.arange(3)}, {0: [1]}
     fp = {ln: _fingerprint(TraceConfig(layernorm=ln), feats, targets, cells, {}) for ln in ("live", "frozen")}
     assert fp["live"] != fp["frozen"]
+
+
+def _random_block(dtype, d=64, d_ff=128, heads=4):
+    from sccircuits.models.base import PostLNBlock
+
+    g = torch.Generator().manual_seed(0)
+    lin = lambda o, i: (torch.randn(o, i, generator=g).div(i ** 0.5).to(dtype),  # noqa: E731
+                        (0.1 * torch.randn(o, generator=g)).to(dtype))
+    ln = lambda: ((1 + 0.1 * torch.randn(d, generator=g)).to(dtype), (0.1 * torch.randn(d, generator=g)).to(dtype), 1e-12)  # noqa: E731
+    return PostLNBlock(q=lin(d, d), k=lin(d, d), v=lin(d, d), out=lin(d, d), norm1=ln(), ffn_in=lin(d_ff, d),
+                       ffn_out=lin(d, d_ff), norm2=ln(), n_heads=heads, activation=torch.nn.functional.gelu)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_recording_layernorm_in_low_precision_matches_the_models_own(dtype, scale):
+    """bf16/fp16 models: the recording (and frozen) LayerNorm computes its statistics in float32
+    as F.layer_norm does, so it neither overflows (fp16: a residual entry above 256 squares past
+    65504) nor loses more precision than the model's own LayerNorm; the denominators are float32."""
+    from sccircuits.models.base import run_post_ln_block
+
+    block = _random_block(dtype)
+    ref_block = _random_block(torch.float32)
+    x = (scale * torch.randn(3, 10, 64, generator=torch.Generator().manual_seed(1))).to(dtype)
+    with torch.inference_mode():
+        ref = run_post_ln_block(ref_block, x.float(), None)
+        live = run_post_ln_block(block, x, None)
+        rec: list = []
+        recorded = run_post_ln_block(block, x, None, record=rec)
+        frozen = run_post_ln_block(block, x, None, ln_denoms=rec[0])
+    assert rec[0].dtype == torch.float32 and bool(torch.isfinite(rec[0]).all())
+    assert recorded.dtype == dtype
+    err_live = float((live.float() - ref).abs().max())
+    err_rec = float((recorded.float() - ref).abs().max())
+    assert err_rec <= 1.5 * err_live + 1e-3, (err_rec, err_live)
+    torch.testing.assert_close(frozen, recorded, rtol=0, atol=0)

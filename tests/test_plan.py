@@ -104,6 +104,10 @@ def test_memory_estimate_components():
     frozen = memory_estimate(dtype="float32", **{**kw, "ln_blocks": 4})
     assert frozen["clean_batch"] - m32["clean_batch"] == 4 * 10 * (8 * 4 + 8 * 4)
     assert frozen["ablation_pass"] - m32["ablation_pass"] == 4 * 10 * 8 * 4
+    # bf16/fp16: the LayerNorms compute in float32 (a float32 copy and its square or output)
+    m16, frozen16 = (memory_estimate(dtype="bfloat16", **{**kw, "ln_blocks": n}) for n in (0, 4))
+    assert frozen16["clean_batch"] - m16["clean_batch"] == 4 * 10 * (8 * 2 + 8 * 4 + 8 * 8)
+    assert frozen16["ablation_pass"] - m16["ablation_pass"] == 4 * 10 * (8 * 4 + 8 * 8)
 
 
 def test_suggest_batch_size():

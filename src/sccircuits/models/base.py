@@ -167,8 +167,9 @@ def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tenso
     ``sqrt(var + eps)`` per position, at the computed positions) each LayerNorm centres its
     input as usual but divides by the given denominator instead of its own. With ``record`` (a
     list) the denominators are computed (same formula, same arithmetic as the frozen path, so an
-    unperturbed input gives the same output either way) and the (B, L or Q, 2) tensor is
-    appended. Without either, ``F.layer_norm`` (bit-equal to the models' own modules).
+    unperturbed input gives the same output either way) and the (B, L or Q, 2) float32 tensor is
+    appended. Both compute in float32 (as ``F.layer_norm`` does for bf16/fp16 inputs) and
+    return the model's dtype. Without either, ``F.layer_norm`` (bit-equal to the models' own modules).
     """
     B, _, d = x.shape
     manual = ln_denoms is not None or record is not None
@@ -178,10 +179,14 @@ def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tenso
         if not manual:
             return F.layer_norm(h, (d,), *params)
         weight, bias, eps = params
-        h = h.sub_(h.mean(-1, keepdim=True))
-        den = torch.sqrt(h.square().mean(-1, keepdim=True) + eps) if ln_denoms is None else ln_denoms[..., i:i + 1]
+        # float32 arithmetic as F.layer_norm's own (a bf16/fp16 model: h.float() is a copy; an
+        # fp16 square would overflow past 256); float32 models: h itself, in place, as before
+        hf = h.float()
+        hf = hf.sub_(hf.mean(-1, keepdim=True))
+        den = (torch.sqrt(hf.square().mean(-1, keepdim=True) + eps) if ln_denoms is None
+               else ln_denoms[..., i:i + 1].float())
         used.append(den)
-        return torch.addcmul(bias, h.div_(den), weight)
+        return torch.addcmul(bias.float(), hf.div_(den), weight.float()).to(h.dtype)
 
     xq = x if queries is None else torch.gather(x, 1, queries[..., None].expand(-1, -1, d))
     heads = lambda t: t.view(B, -1, block.n_heads, d // block.n_heads).transpose(1, 2)  # noqa: E731

@@ -228,7 +228,7 @@ MEMORY_FORMULA = (
     "K*F*D*36; clean_batch = C*L*d*b*layers_kept + C*L*(5*d + d_ff)*b; ablation_pass = B*L*d*(b + 8) + "
     "B*L*(5*d + d_ff)*b; encode = P*D*8; job_sums = C*F*D*8*(3*K*T + 4); null (K = 2 only) = S*d*D*4 + Q*D*48 + B*D*8; "
     "frozen LayerNorms (N = ln_blocks, the blocks up to the deepest layer) add C*L*(d*b + 8*N) to clean_batch and "
-    "B*L*8*N to ablation_pass")
+    "B*L*8*N to ablation_pass, and with b < 4 (their float32 arithmetic) C*L*d*8 and B*L*d*8 more")
 """The formula of :func:`memory_estimate` in one line (the trace manifest records it)."""
 
 
@@ -264,7 +264,9 @@ def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch
       ranking per null row of a forward (``B D`` float64);
     * frozen LayerNorms (``ln_blocks`` > 0: the blocks run by the clean pass): the recorded
       denominators (two float32 per position and block) in the clean batch and, sliced, in each
-      ablation pass, plus one ``C L d b`` scratch of the recording LayerNorm.
+      ablation pass, plus one ``C L d b`` scratch of the recording LayerNorm; with ``b`` < 4
+      the LayerNorms compute in float32 (a float32 copy of their input and its square or
+      output): ``C L d 8`` and ``B L d 8`` more.
 
     Peak <= the sum of the components (the clean states stay alive while the ablation passes run).
     """
@@ -276,6 +278,13 @@ def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch
     D = max(sae_sizes.values(), default=0)
     F = max(n_features.values(), default=0)
     working = lambda rows: rows * L * (5 * d_model + d_ff) * b  # noqa: E731
+
+    def ln_extra(rows: int, scratch: int) -> int:
+        """Frozen LayerNorms: denominators (8 N) and scratch per position (b < 4: float32 copies)."""
+        if not ln_blocks:
+            return 0
+        return rows * L * (8 * ln_blocks + scratch + (8 * d_model if b < 4 else 0))
+
     sae_bytes = sum((2 * d_model * m + m + 3 * d_model) * 4 for m in sae_sizes.values())
     acc = sum(n_kinds * n_features[s] * sae_sizes[t] * (3 * 8 + 3 * 4) for s, ts in targets.items() for t in ts)
     null = (len(n_features) * d_model * D * 4 + null_choice_chunk(encode_chunk) * D * 48 + batch_size * D * 8
@@ -284,9 +293,8 @@ def memory_estimate(*, n_params: int, d_model: int, d_ff: int, dtype: str, batch
         "model": n_params * b,
         "saes": sae_bytes,
         "accumulators": acc,
-        "clean_batch": C * L * d_model * n_layers_kept * b + working(C) + (C * L * (d_model * b + 8 * ln_blocks)
-                                                                          if ln_blocks else 0),
-        "ablation_pass": batch_size * L * d_model * (b + 8) + working(batch_size) + batch_size * L * 8 * ln_blocks,
+        "clean_batch": C * L * d_model * n_layers_kept * b + working(C) + ln_extra(C, d_model * b),
+        "ablation_pass": batch_size * L * d_model * (b + 8) + working(batch_size) + ln_extra(batch_size, 0),
         "encode": encode_chunk * D * 4 * 2,
         "job_sums": C * F * D * 8 * (3 * n_kinds * n_targets_max + 4),
         "null": null,
