@@ -114,6 +114,22 @@ def test_shards_then_merge_equal_single_run_exactly(inputs, tiny_geneformer, sin
     assert RunDir(tmp_path / "m").is_complete("trace")
 
 
+def test_merge_of_shards_from_before_the_layernorm_option_says_live(inputs, tiny_geneformer, tmp_path):
+    """Shards written before ``layernorm`` existed (no key in their metadata) were traced with
+    live LayerNorms: the merged manifest must say so, not today's default."""
+    import json
+
+    for i in range(2):
+        trace(model=tiny_geneformer, data=inputs["cells"], saes=inputs["ours"], out=tmp_path / f"s{i}",
+              shard=f"{i}/2", progress=False, layernorm="live", **RUN_OPTS)
+        for f in (tmp_path / f"s{i}" / "trace").glob("trace_meta*.json"):
+            meta = json.loads(f.read_text())
+            del meta["config"]["layernorm"]
+            f.write_text(json.dumps(meta))
+    merge([tmp_path / "s0", tmp_path / "s1"], out=tmp_path / "m")
+    assert RunDir(tmp_path / "m").stage("trace")["config"]["layernorm"] == "live"
+
+
 def test_sigkill_then_resume_gives_the_same_edges(inputs, tiny_geneformer, single_run, tmp_path):
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""

@@ -321,7 +321,8 @@ class ModelAdapter(Protocol):
         """Continue the forward pass from ``hidden`` (the output of ``layer``) through the
         blocks ``layer+1 .. until`` (default: the last); returns {l: (B, L, d)} for ``layers``
         (default: every layer computed). Blocks <= ``layer`` are never run. With ``queries``
-        ((B, Q) positions) block ``until`` is computed only there and its entry is (B, Q, d)."""
+        ((B, Q) positions) block ``until`` is computed only there and its entry is (B, Q, d).
+        ``ln_denoms`` (from ``hidden_states(ln_record=)``) freezes the LayerNorm denominators."""
 
     def token_symbols(self) -> dict[int, str]:
         """Token id -> gene symbol (falls back to the gene id when no symbol is known)."""

@@ -526,7 +526,8 @@ def merge(shard_dirs, out=None, progress: bool = True) -> TraceResult:
         raise InputError(trace_dirs[0], f"shards come from different traces (fingerprints {sorted(fps)}); "
                                         "they must use the same cells, features and options")
     meta = metas[0]
-    cfg = from_dict(TraceConfig, {**meta["config"], "shard": "0/1"})
+    # shards written before the layernorm option existed were traced with live LayerNorms
+    cfg = from_dict(TraceConfig, {"layernorm": "live", **meta["config"], "shard": "0/1"})
     rd = RunDir(out if out is not None else trace_dirs[0].parent)
     with rd.hold("merge"):
         rd.begin_stage(STAGE, cfg, merged_from=[str(d) for d in trace_dirs], fingerprint=meta["fingerprint"])
