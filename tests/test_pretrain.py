@@ -11,7 +11,7 @@ import torch
 from sccircuits import datasets
 from sccircuits.errors import ConfigError
 from sccircuits.models import load_model
-from sccircuits.pretrain import (GENEFORMER_SPECIALS, PretrainConfig, choose_masked, evaluate_geneformer,
+from sccircuits.pretrain import (PretrainConfig, choose_masked, evaluate_geneformer,
                                  evaluate_scgpt, load_scgpt_decoder, lr_at, mask_geneformer, nonzero_medians,
                                  pretrain_demo, split_cells)
 

@@ -18,7 +18,6 @@ not run.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
