@@ -82,6 +82,34 @@ def test_plan_counts_the_null_matching_pass(inputs, tmp_path):
     assert mixed.passes.null_match_forward_passes == 0 and "null matching" not in str(mixed)
 
 
+def test_plan_and_manifest_count_the_selection_pass(inputs, tmp_path):
+    """--selection frequency without an annotation: prepare_trace runs a clean pass over all
+    traced cells to find the frequencies to select by; the manifest's forward_passes and the
+    plan's total both count it (and forward_passes_null_free, which the null does not change)."""
+    opts = {**OPTS, "null_match_cells": 6}
+    report = plan_trace(**inputs, calibrate_cells=0, progress=False, **opts)
+    trace(**inputs, out=tmp_path / "run", progress=False, **opts)
+    metrics = RunDir(tmp_path / "run", create=False).stage("trace")["metrics"]
+    # ceil(8 cells / batch_size 4) = 2 selection passes; its frequencies serve the null too
+    assert metrics["selection_forward_passes"] == 2 and metrics["null_match_forward_passes"] == 0
+    assert metrics["forward_passes"] == (metrics["clean_forward_passes"] + metrics["ablation_forward_passes"]
+                                         + metrics["null_match_forward_passes"] + metrics["selection_forward_passes"])
+    for key, value in report.passes.totals().items():
+        assert value == metrics[key], key
+    assert report.passes.selection_forward_passes == 2
+    assert "feature selection" in str(report) and f"total: {metrics['forward_passes']} forward passes" in str(report)
+    # the selection pass is paid with or without the null: counted in the null-free total as well
+    off = tmp_path / "nonull"
+    trace(**inputs, out=off, progress=False, **{**opts, "null_ablation": False, "criterion": "published"})
+    m_off = RunDir(off, create=False).stage("trace")["metrics"]
+    assert m_off["selection_forward_passes"] == 2
+    assert metrics["forward_passes_null_free"] == m_off["forward_passes"]
+    # explicit features select nothing: no such pass
+    explicit = plan_trace(**inputs, calibrate_cells=0, progress=False,
+                          **{k: v for k, v in opts.items() if k not in ("n_features", "selection")}, features="0:2,5;1:3")
+    assert explicit.passes.selection_forward_passes == 0 and "feature selection" not in str(explicit)
+
+
 def test_memory_estimate_components():
     kw = dict(n_params=1000, d_model=8, d_ff=32, batch_size=4, max_length=10, n_layers_kept=3,
               n_targets_max=2, sae_sizes={0: 16, 1: 16, 3: 16}, n_features={0: 5, 1: 5},

@@ -7,9 +7,12 @@
   on the selected cells (one clean pass over the cells, batched exactly like the tracer, so the
   counts equal the ``clean_forward_passes`` / ``ablation_forward_passes`` / ``ablations`` the
   tracer writes to its manifest). With ``firing=False`` it is an upper bound (every traced
-  feature fires in every cell) and nothing but tokenization runs. The total also counts the
-  clean passes that find the frequencies the ``feature`` null draws are matched to, when the
-  trace runs them (explicit ``--features`` without an annotation: ``null_match_cells`` cells).
+  feature fires in every cell) and nothing but tokenization (and the selection pass below) runs.
+  The total also counts the clean passes that find the frequencies the ``feature`` null draws
+  are matched to, when the trace runs them (explicit ``--features`` without an annotation:
+  ``null_match_cells`` cells), and those that find the frequencies the source features are
+  selected by (``--selection frequency``, or ``richness`` without an annotation: all traced
+  cells), both run by :func:`prepare_trace` before any plan or trace.
 * the time per device, from a short calibration run of the real engine on a few cells (time
   per clean token and per ablated token, scaled by the tokens the plan will process). This
   is a linear-in-tokens model: attention is quadratic in length, so long-tailed length
@@ -67,14 +70,20 @@ class PassCounts:
     """Clean passes that find the firing frequencies the ``feature`` null draws are matched to
     (``null_match_cells`` cells; only when neither the annotation nor the feature selection had
     frequencies, e.g. explicit ``--features`` without an annotation)."""
+    selection_forward_passes: int = 0
+    """Clean passes over all traced cells that find the firing frequencies the source features
+    are selected by (``--selection frequency``, or ``richness`` without an annotation)."""
 
     def totals(self) -> dict[str, int]:
-        """The manifest's counters: ``forward_passes`` = clean + ablated + null-matching passes."""
+        """The manifest's counters: ``forward_passes`` = clean + ablated + null-matching +
+        selection passes."""
         ablation = sum(self.ablation_forward_passes.values())
         return {"clean_forward_passes": self.clean_forward_passes,
                 "ablation_forward_passes": ablation,
                 "null_match_forward_passes": self.null_match_forward_passes,
-                "forward_passes": self.clean_forward_passes + ablation + self.null_match_forward_passes,
+                "selection_forward_passes": self.selection_forward_passes,
+                "forward_passes": (self.clean_forward_passes + ablation + self.null_match_forward_passes
+                                   + self.selection_forward_passes),
                 "ablations": sum(self.ablations.values()),
                 "ablated_sequences": sum(self.ablated_sequences.values())}
 
@@ -411,6 +420,9 @@ class TracePlanReport:
         if p.null_match_forward_passes:
             lines.append(f"  null matching (firing frequencies of untraced features): {p.null_match_forward_passes} "
                          "clean forward passes")
+        if p.selection_forward_passes:
+            lines.append(f"  feature selection (firing frequencies on the traced cells): {p.selection_forward_passes} "
+                         "clean forward passes")
         lines.append(f"  total: {t['forward_passes']} forward passes")
         mem = self.memory
         lines.append(f"peak memory (estimate): {_gib(sum(mem.values()))} = "
@@ -449,6 +461,7 @@ def plan_setup(setup: TraceSetup, *, firing: bool = True, calibrate_cells: int =
                           null_active if cfg.null_ablation else None, cfg.cells_per_clean_pass)
     passes.exact = firing
     passes.null_match_forward_passes = setup.null_match_passes  # prepare_trace ran them (feature null, no frequencies)
+    passes.selection_forward_passes = setup.selection_passes  # and these (frequency selection, no annotation)
     calib, seconds = None, None
     if calibrate_cells > 0:
         calib = calibrate(setup, calibrate_cells)

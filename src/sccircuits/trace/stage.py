@@ -176,9 +176,11 @@ def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_siz
 
 
 def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dict | None, annotation,
-                     adapter, cells, progress: bool) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None]:
-    """Source features per layer, and the firing frequencies of every feature of those layers
-    when the selection had them (annotation catalog or a clean pass; else None)."""
+                     adapter, cells, progress: bool) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None, int]:
+    """Source features per layer, the firing frequencies of every feature of those layers
+    when the selection had them (annotation catalog or a clean pass; else None), and the clean
+    forward passes the selection ran (a frequency pass over all traced cells, when no annotation
+    is read: ``--selection frequency`` or ``richness``; else 0)."""
     from ..annotate.labels import select_from_catalog
 
     if spec:
@@ -191,9 +193,9 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
             if not ids:
                 raise ConfigError(f"--features lists no feature for source layer {s}")
             out[s] = np.asarray(ids, np.int64)
-        return out, None
+        return out, None, 0
     if cfg.all_active:
-        return {s: np.arange(saes[s].d_sae, dtype=np.int64) for s in sources}, None
+        return {s: np.arange(saes[s].d_sae, dtype=np.int64) for s in sources}, None, 0
     if annotation is not None:
         from ..annotate import load_annotation
 
@@ -208,11 +210,12 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
                 freq[s][catalogs[s]["feature"].to_numpy(np.int64)] = catalogs[s]["activation_freq"].to_numpy(np.float64)
         return ({s: np.asarray(sorted(select_from_catalog(catalogs[s], cfg.selection, cfg.n_features, cfg.selection_seed,
                                                           min_freq=cfg.min_frequency)), np.int64) for s in sources},
-                freq if all(freq[s].any() for s in sources) else None)
+                freq if all(freq[s].any() for s in sources) else None, 0)
     if cfg.selection == "richness":
         warnings.warn("no annotation available: selecting source features by activation frequency on the traced "
                       "cells instead of annotation richness", stacklevel=3)
     freq = feature_frequencies(adapter, saes, cells, sources, cfg.batch_size, progress)
+    passes = -(-len(cells) // cfg.batch_size)  # feature_frequencies' batches of batch_size cells
     out = {}
     for s in sources:
         cat = pd.DataFrame({"feature": np.arange(len(freq[s])), "fire_count": (freq[s] > 0).astype(int),
@@ -220,7 +223,7 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
         method = "frequency" if cfg.selection == "richness" else cfg.selection
         out[s] = np.asarray(sorted(select_from_catalog(cat, method, cfg.n_features, cfg.selection_seed,
                                                        min_freq=cfg.min_frequency)), np.int64)
-    return out, freq
+    return out, freq, passes
 
 
 def _null_features(cfg: TraceConfig, saes: dict, features: dict, freq: dict | None, adapter, cells,
@@ -304,6 +307,9 @@ class TraceSetup:
     """Null draws per source layer (None: the engine's default for the configuration)."""
     null_match_passes: int = 0
     """Clean forward passes spent choosing the null draws (frequencies to match)."""
+    selection_passes: int = 0
+    """Clean forward passes spent choosing the source features (their firing frequencies on the
+    traced cells: ``--selection frequency``/``richness`` without an annotation)."""
 
     @property
     def n_blocks(self) -> int:
@@ -327,7 +333,8 @@ class TraceSetup:
                 "inputs": {"model": str(ins.model), "data": str(ins.data), "saes": str(ins.saes)},
                 "n_cells": len(self.cells), "features": {str(s): f.tolist() for s, f in self.features.items()},
                 "memory_estimate_bytes": _memory_estimate(self), "memory_estimate_shape": _memory_shape(self),
-                "null_match_forward_passes": self.null_match_passes}
+                "null_match_forward_passes": self.null_match_passes,
+                "selection_forward_passes": self.selection_passes}
         if executor is not None:
             meta["executor"] = executor
         return meta
@@ -370,11 +377,13 @@ def prepare_trace(run=None, *, model=None, data=None, saes=None, annotation=None
     _check_saes(all_saes, adapter, ins.saes)
     targets = _source_layers(cfg, all_saes, spec, ins.saes)
     cells = _select_cells(adapter, ins.data, cfg, ins.tokenize)
-    features, freq = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter, cells, progress)
+    features, freq, selection_passes = _choose_features(cfg, all_saes, sorted(targets), spec, ins.annotation, adapter,
+                                                        cells, progress)
     null_features, null_passes = _null_features(cfg, all_saes, features, freq, adapter, cells, progress)
     ins.fingerprints = input_fingerprints(ins, sorted(set(targets) | {t for ts in targets.values() for t in ts}))
     fp = _fingerprint(cfg, features, targets, cells, ins.fingerprints, null_features)
-    return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp, null_features, null_passes)
+    return TraceSetup(cfg, ins, adapter, all_saes, targets, cells, features, fp, null_features, null_passes,
+                      selection_passes)
 
 
 def lock_trace(setup: TraceSetup):
@@ -583,6 +592,7 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
                                                 "d_distribution": d_distribution(total, th)})
     fdr = estimated_fdr(null)
     c = total.counters
+    selection = meta.get("selection_forward_passes", 0)  # clean passes that chose the source features
     compute_s = c.get("compute_ms", 0) / 1000
     metrics = {
         "n_cells": meta["n_cells"], "n_source_features": n_feat,
@@ -590,9 +600,12 @@ def finish_trace(rd: RunDir, trace_dirs: list[Path], meta: dict, cfg: TraceConfi
         "clean_forward_passes": c.get("clean_forward_passes", 0),
         "ablation_forward_passes": c.get("ablation_forward_passes", 0),
         "null_match_forward_passes": meta.get("null_match_forward_passes", 0),
+        "selection_forward_passes": selection,
         "forward_passes": (c.get("clean_forward_passes", 0) + c.get("ablation_forward_passes", 0)
-                           + meta.get("null_match_forward_passes", 0)),
-        "forward_passes_null_free": c.get("clean_forward_passes", 0) + c.get("null_free_ablation_forward_passes", 0),
+                           + meta.get("null_match_forward_passes", 0) + selection),
+        # the selection pass is paid with or without the null: in both, so forward_pass_ratio stays the null's cost
+        "forward_passes_null_free": (c.get("clean_forward_passes", 0) + c.get("null_free_ablation_forward_passes", 0)
+                                     + selection),
         "null_draws": {str(s): f.tolist() for s, f in total.null_features.items()},
         "null_directions": cfg.null_directions if cfg.null_ablation else None,
         "ablations": c.get("ablations", 0), "null_ablations": c.get("null_ablations", 0),
