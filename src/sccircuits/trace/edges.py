@@ -207,19 +207,25 @@ def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = 
     m_null = nan.copy()
     if K < 3:
         return np.full(r.shape, np.nan), nan, np.full(r.shape, np.nan), size, m_null
-    if location == "pooled":
-        m, scale = pooled_location(r[real.n >= max(min_cells, 2)], x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z, zn = (r - m) / scale, (x - m) / scale
-        z, zn = np.where(np.isfinite(z), z, np.nan), np.where(np.isfinite(zn), zn, np.nan)
-        m, m_o = np.broadcast_to(m, z.shape), np.broadcast_to(m, zn.shape)
+
+    def finish(z, zn, m, m_o, norm_scale, norm_scale_o):
+        """NaN for non-finite z, the optional per-source centring, the null rows put back in place."""
+        z = np.where(np.isfinite(z), z, np.nan)
+        zn = np.where(np.isfinite(zn), zn, np.nan)
+        m, m_o = np.broadcast_to(m, z.shape), np.broadcast_to(m_o, zn.shape)
         if source_norm == "median_mad":
-            z, shift = _source_norm(z, scale[None, :])
-            zn, shift_n = _source_norm(zn, scale[None, :])
+            z, shift = _source_norm(z, norm_scale)
+            zn, shift_n = _source_norm(zn, norm_scale_o)
             m, m_o = m + shift, m_o + shift_n
         nan[ok] = zn
         m_null[ok] = m_o
         return z, nan, m, size, m_null
+
+    if location == "pooled":
+        m, scale = pooled_location(r[real.n >= max(min_cells, 2)], x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z, zn = (r - m) / scale, (x - m) / scale
+        return finish(z, zn, m, m, scale[None, :], scale[None, :])
     m = x.mean(0)
     v = x.var(0, ddof=1)
     pos = v[v > 0]
@@ -234,16 +240,8 @@ def null_z(real: PairStats, null: PairStats, min_cells: int, source_norm: str = 
         v_o = np.maximum((tot2 - x ** 2 - (K - 1) * m_o ** 2) / (K - 2), 0.0)
         scale_o = np.sqrt(_shrunk_var(v_o, K - 2, prior) * (1 + 1 / (K - 1)))
         zn = (x - m_o) / scale_o
-    z = np.where(np.isfinite(z), z, np.nan)
-    zn = np.where(np.isfinite(zn), zn, np.nan)
-    m = np.broadcast_to(m, z.shape)
-    if source_norm == "median_mad":
-        z, shift = _source_norm(z, np.where(np.isfinite(scale), scale, 0.0)[None, :])
-        zn, shift_n = _source_norm(zn, np.where(np.isfinite(scale_o), scale_o, 0.0))
-        m, m_o = m + shift, m_o + shift_n
-    nan[ok] = zn
-    m_null[ok] = m_o
-    return z, nan, m, size, m_null
+    return finish(z, zn, m, m_o, np.where(np.isfinite(scale), scale, 0.0)[None, :],
+                  np.where(np.isfinite(scale_o), scale_o, 0.0))
 
 
 def pooled_location(real: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
