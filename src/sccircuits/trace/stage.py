@@ -150,6 +150,13 @@ def _select_cells(adapter, data_path, cfg: TraceConfig, tokenize_opts: dict):
     return cells
 
 
+def frequency_passes(n_cells: int, batch_size: int, limit: int | None = None) -> int:
+    """Clean forward passes :func:`feature_frequencies` runs: batches of ``batch_size`` over the
+    cells (the first ``limit`` with ``limit``)."""
+    n = n_cells if limit is None else min(limit, n_cells)
+    return -(-n // batch_size)
+
+
 def feature_frequencies(adapter, saes: dict, cells, layers: list[int], batch_size: int, progress: bool = True,
                         limit: int | None = None) -> dict[int, np.ndarray]:
     """Fraction of gene positions of ``cells`` (only the first ``limit`` with ``limit``) where
@@ -215,7 +222,7 @@ def _choose_features(cfg: TraceConfig, saes: dict, sources: list[int], spec: dic
         warnings.warn("no annotation available: selecting source features by activation frequency on the traced "
                       "cells instead of annotation richness", stacklevel=3)
     freq = feature_frequencies(adapter, saes, cells, sources, cfg.batch_size, progress)
-    passes = -(-len(cells) // cfg.batch_size)  # feature_frequencies' batches of batch_size cells
+    passes = frequency_passes(len(cells), cfg.batch_size)
     out = {}
     for s in sources:
         cat = pd.DataFrame({"feature": np.arange(len(freq[s])), "fire_count": (freq[s] > 0).astype(int),
@@ -239,9 +246,9 @@ def _null_features(cfg: TraceConfig, saes: dict, features: dict, freq: dict | No
         return None, 0
     passes = 0
     if freq is None:
-        n = min(cfg.null_match_cells, len(cells))
-        freq = feature_frequencies(adapter, saes, cells, sorted(features), cfg.batch_size, progress, limit=n)
-        passes = -(-n // cfg.batch_size)
+        freq = feature_frequencies(adapter, saes, cells, sorted(features), cfg.batch_size, progress,
+                                   limit=cfg.null_match_cells)
+        passes = frequency_passes(len(cells), cfg.batch_size, limit=cfg.null_match_cells)
     out = matched_null_features(features, freq, cfg.null_draws, cfg.null_budget, cfg.null_seed)
     short = {s: len(out[s]) for s in out if len(out[s]) < min(3, len(features[s]) // 2)}
     if short:
