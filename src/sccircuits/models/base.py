@@ -163,13 +163,14 @@ def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tenso
     computed (their queries, attention output, MLP): keys and values still come from every
     position, so the result equals the full block's output at those positions; returns (B, Q, d).
 
-    *Frozen LayerNorms*: with ``ln_denoms`` ((B, L or Q, 2): the two LayerNorms' denominators
-    ``sqrt(var + eps)`` per position, at the computed positions) each LayerNorm centres its
-    input as usual but divides by the given denominator instead of its own. With ``record`` (a
-    list) the denominators are computed (same formula, same arithmetic as the frozen path, so an
-    unperturbed input gives the same output either way) and the (B, L or Q, 2) float32 tensor is
-    appended. Both compute in float32 (as ``F.layer_norm`` does for bf16/fp16 inputs) and
-    return the model's dtype. Without either, ``F.layer_norm`` (bit-equal to the models' own modules).
+    *Frozen LayerNorms*: with ``ln_denoms`` ((B, L, 2): the two LayerNorms' denominators
+    ``sqrt(var + eps)`` at every position; taken at ``queries`` like ``x``) each LayerNorm
+    centres its input as usual but divides by the given denominator instead of its own. With
+    ``record`` (a list) the denominators are computed (same formula, same arithmetic as the
+    frozen path, so an unperturbed input gives the same output either way) and the
+    (B, L or Q, 2) float32 tensor is appended. Both compute in float32 (as ``F.layer_norm`` does
+    for bf16/fp16 inputs) and return the model's dtype. Without either, ``F.layer_norm``
+    (bit-equal to the models' own modules).
     """
     B, _, d = x.shape
     manual = ln_denoms is not None or record is not None
@@ -185,10 +186,16 @@ def run_post_ln_block(block: PostLNBlock, x: torch.Tensor, key_mask: torch.Tenso
         hf = hf.sub_(hf.mean(-1, keepdim=True))
         den = (torch.sqrt(hf.square().mean(-1, keepdim=True) + eps) if ln_denoms is None
                else ln_denoms[..., i:i + 1].float())
-        used.append(den)
+        if record is not None:
+            used.append(den)
         return torch.addcmul(bias.float(), hf.div_(den), weight.float()).to(h.dtype)
 
-    xq = x if queries is None else torch.gather(x, 1, queries[..., None].expand(-1, -1, d))
+    def at_queries(t: torch.Tensor) -> torch.Tensor:  # the rows of t (B, L, n) at the computed positions
+        return t if queries is None else torch.gather(t, 1, queries[..., None].expand(-1, -1, t.shape[-1]))
+
+    xq = at_queries(x)
+    if ln_denoms is not None:
+        ln_denoms = at_queries(ln_denoms)
     heads = lambda t: t.view(B, -1, block.n_heads, d // block.n_heads).transpose(1, 2)  # noqa: E731
     mask = None if key_mask is None else key_mask[:, None, None, :]
     att = _attention(heads(F.linear(xq, *block.q)), heads(F.linear(x, *block.k)), heads(F.linear(x, *block.v)), mask)
@@ -241,14 +248,12 @@ class BlockRunner:
         """Blocks ``start .. stop-1`` on ``x`` (the input of block ``start``); {l: output of
         block l} for l in ``keep`` (every block run when None). With ``queries`` the last block
         is computed only at those positions (see :func:`run_post_ln_block`). ``ln_denoms``
-        ({block: (B, L, 2)}, every position) freezes the LayerNorm denominators (gathered at
-        ``queries`` for the last block); ``ln_record`` (a dict) receives each block's own."""
+        ({block: (B, L, 2)}, every position) freezes the LayerNorm denominators; ``ln_record``
+        (a dict) receives each block's own."""
         out = {}
         for l in range(start, stop):
             q = queries if l == stop - 1 else None
             den = None if ln_denoms is None else ln_denoms[l]
-            if den is not None and q is not None:
-                den = torch.gather(den, 1, q[..., None].expand(-1, -1, den.shape[-1]))
             rec = [] if ln_record is not None else None
             x = run_post_ln_block(self.post_ln_block(l), x, context, q, den, rec)
             if rec is not None:
