@@ -222,13 +222,11 @@ def worker_args(setup, cells, crash_once: tuple[str, str] | None = None) -> tupl
     packed cells, :func:`pack_cells`, or a Ray reference to them): paths, device, dtype, the
     engine plan's options (a new dict each call: the worker consumes it), targets, the test
     hook and the trace's ``threads``."""
+    from .stage import plan_options
+
     cfg, ins = setup.cfg, setup.inputs
-    plan = {"features": {s: f for s, f in setup.features.items()}, "null": cfg.null_ablation,
-            "null_seed": cfg.null_seed, "batch_size": cfg.batch_size, "encode_chunk": cfg.encode_chunk,
-            "null_draws": cfg.null_draws, "null_budget": cfg.null_budget,
-            "support_active": cfg.compat == "reference", "clean_batch_size": cfg.cells_per_clean_pass,
-            "null_directions": cfg.null_directions, "null_features": setup.plan().null_features,
-            "freeze_layernorm": cfg.layernorm == "frozen"}
+    plan = {"features": {s: f for s, f in setup.features.items()}, **plan_options(cfg),
+            "null_features": setup.plan().null_features}
     return (str(ins.model), str(ins.saes), cfg.device, cfg.dtype, plan, cells, setup.targets, crash_once,
             cfg.threads)
 

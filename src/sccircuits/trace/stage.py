@@ -351,15 +351,21 @@ class TraceSetup:
         return trace_plan(self.cfg, self.features, self.targets, null_features=self.null_features)
 
 
+def plan_options(cfg: TraceConfig) -> dict:
+    """The :class:`~sccircuits.trace.engine.TracePlan` options a configuration sets (everything
+    but the features, targets and null draws), for :func:`trace_plan` and the Ray workers."""
+    return dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
+                encode_chunk=cfg.encode_chunk, clean_batch_size=cfg.cells_per_clean_pass, null_draws=cfg.null_draws,
+                null_budget=cfg.null_budget, support_active=cfg.compat == "reference",
+                null_directions=cfg.null_directions, freeze_layernorm=cfg.layernorm == "frozen")
+
+
 def trace_plan(cfg: TraceConfig, features: dict, targets: dict, null_features: dict | None = None, **overrides):
     """The :class:`~sccircuits.trace.engine.TracePlan` of a configuration (one place for every
     caller: the stage, the planner, the Ray executor)."""
     from .engine import TracePlan
 
-    opts = dict(null=cfg.null_ablation, null_seed=cfg.null_seed, batch_size=cfg.batch_size,
-                encode_chunk=cfg.encode_chunk, clean_batch_size=cfg.cells_per_clean_pass, null_draws=cfg.null_draws,
-                null_budget=cfg.null_budget, support_active=cfg.compat == "reference",
-                null_directions=cfg.null_directions, freeze_layernorm=cfg.layernorm == "frozen")
+    opts = plan_options(cfg)
     if null_features is not None:
         opts["null_features"] = null_features
     return TracePlan(features, targets, **{**opts, **overrides})
