@@ -321,14 +321,13 @@ def memory_shape(setup: TraceSetup, batch_size: int | None = None) -> dict[str, 
             "b": DTYPE_BYTES[cfg.dtype], "D": max(int(setup.saes[l].d_sae) for l in layers),
             "F": max(len(f) for f in setup.features.values()),
             "T": max(len(t) for t in setup.targets.values()), "K": len(setup.kinds()), "S": len(setup.features),
-            "layers_kept": len(layers), "P": int(cfg.encode_chunk), "ln_blocks": _ln_blocks(setup)}
+            "layers_kept": len(layers), "P": int(cfg.encode_chunk), "ln_blocks": _ln_blocks(cfg, layers)}
 
 
-def _ln_blocks(setup: TraceSetup) -> int:
-    """Blocks whose LayerNorm denominators a frozen-LayerNorm trace records (0 when live)."""
-    if setup.cfg.layernorm != "frozen":
-        return 0
-    return max(set(setup.features) | {t for ts in setup.targets.values() for t in ts}) + 1
+def _ln_blocks(cfg, layers: list[int]) -> int:
+    """Blocks whose LayerNorm denominators a frozen-LayerNorm trace records: every block up to
+    the deepest layer it keeps (0 when live)."""
+    return max(layers) + 1 if cfg.layernorm == "frozen" else 0
 
 
 def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, int]:
@@ -344,7 +343,7 @@ def setup_memory(setup: TraceSetup, batch_size: int | None = None) -> dict[str, 
         sae_sizes={l: int(setup.saes[l].d_sae) for l in layers},
         n_features={s: len(f) for s, f in setup.features.items()}, targets=setup.targets,
         n_kinds=len(setup.kinds()), encode_chunk=cfg.encode_chunk,
-        clean_batch_size=cfg.clean_batch_size or batch_size or cfg.batch_size, ln_blocks=_ln_blocks(setup))
+        clean_batch_size=cfg.clean_batch_size or batch_size or cfg.batch_size, ln_blocks=_ln_blocks(cfg, layers))
 
 
 def available_memory(device: str) -> int:
